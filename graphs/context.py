@@ -1,0 +1,73 @@
+"""The context pipeline as a compiled LangGraph subgraph.
+
+Add it as one node of your own `StateGraph` (its state must include `messages` and
+`context`), or run it alone with a checkpointer so that every turn is a version.
+
+Example:
+    >>> graph = build_context_graph(template="technical", budget=8_000)
+    >>> out = graph.invoke({"messages": [("user", "hi")]}, {"configurable": {"thread_id": "t"}})
+    >>> out["context"]["window_tokens"] <= 8_000
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+from langgraph.store.base import BaseStore
+
+from llmctx.nodes import ContextConfig, ContextState, allocate_budget
+
+__all__ = ["build_context_graph"]
+
+Node = Callable[[ContextState, Runtime[ContextConfig]], dict[str, Any]]
+
+
+def build_context_graph(
+    *,
+    template: Any = None,
+    checkpointer: BaseCheckpointSaver | bool | None = None,
+    store: BaseStore | None = None,
+    budget: int | None = None,
+    model: str | None = None,
+    workspace: Path | str | None = None,
+    tools: Sequence[Any] = (),
+    name: str = "llmctx_context",
+) -> CompiledStateGraph:
+    """Build and compile the context pipeline.
+
+    The factory's `template`, `budget`, `model`, `workspace` and `tools` are the
+    graph's defaults; a run overrides any of them with `context=ContextConfig(...)`.
+    Pass `checkpointer=None` when embedding it as a subgraph (the parent's is used).
+    """
+    defaults = ContextConfig(
+        template=template,
+        budget=budget,
+        model=model,
+        workspace=Path(workspace) if workspace is not None else None,
+        tools=tuple(tools),
+    )
+    builder = StateGraph(ContextState, context_schema=ContextConfig)
+    builder.add_node("budget", _with_defaults(allocate_budget, defaults))
+    builder.add_edge(START, "budget")
+    builder.add_edge("budget", END)
+    return builder.compile(checkpointer=checkpointer, store=store, name=name)
+
+
+def _with_defaults(node: Node, defaults: ContextConfig) -> Node:
+    """Wrap a node so that the run's context falls back to the factory's defaults."""
+
+    def run(state: ContextState, runtime: Runtime[ContextConfig]) -> dict[str, Any]:
+        context = ContextConfig.coerce(runtime.context)
+        merged = context.over(defaults) if context is not None else defaults
+        return node(state, runtime.override(context=merged))
+
+    run.__name__ = getattr(node, "__name__", "node")
+    run.__doc__ = node.__doc__
+    return run

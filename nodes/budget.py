@@ -1,0 +1,210 @@
+"""The budget node: assemble the window inside the token budget.
+
+The window is the template's system prompt, the pinned messages, and the most recent
+messages that fit, counted exactly with the model's tokenizer (per-message overhead,
+tool schemas and reply priming included). Tool pairs are atomic: an `AIMessage` with
+tool calls enters the window only together with every one of its `ToolMessage`s, and a
+`ToolMessage` never enters without its call.
+
+Later operations (retrieve, prune, summarize) refine this frame; this node is the
+recency baseline they start from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langgraph.runtime import Runtime
+
+from llmctx.nodes._deps import NodeDeps, resolve_deps
+from llmctx.nodes.state import ContextConfig, ContextState, Frame, PrunedItem, WindowItem
+from llmctx.runtime.errors import BudgetError
+from llmctx.runtime.tokens import REPLY_PRIMING
+
+__all__ = ["allocate_budget", "assemble_window"]
+
+SYSTEM_ITEM_ID = "llmctx:system"
+
+
+def allocate_budget(state: ContextState, runtime: Runtime[ContextConfig]) -> dict[str, Any]:
+    """LangGraph node: rebuild the frame's window for the current history.
+
+    Returns a partial update of `context` only; `messages` is never touched.
+    """
+    deps = resolve_deps(runtime.context if runtime is not None else None)
+    previous: Frame = state.get("context") or {}
+    frame = assemble_window(state["messages"], deps, previous)
+    return {"context": frame}
+
+
+def assemble_window(
+    messages: Sequence[BaseMessage], deps: NodeDeps, previous: Frame | None = None
+) -> Frame:
+    """Compute the frame for `messages` under `deps.budget`. Pure and deterministic.
+
+    Raises `BudgetError` when the pinned items alone (system prompt, tool schemas,
+    pinned messages, the latest user message) do not fit.
+    """
+    previous = previous or {}
+    counter = deps.counter
+    counts = counter.count_many(messages)
+    budget = deps.budget
+
+    system_prompt = deps.template.system_prompt.strip()
+    items_head: list[WindowItem] = []
+    fixed = deps.tools_tokens + REPLY_PRIMING
+    if system_prompt:
+        tokens = counter.count_message(SystemMessage(content=system_prompt, id=SYSTEM_ITEM_ID))
+        items_head.append(
+            {
+                "kind": "system",
+                "id": SYSTEM_ITEM_ID,
+                "tokens": tokens,
+                "tier": "critical",
+                "content": system_prompt,
+            }
+        )
+        fixed += tokens
+
+    pinned_ids = set(previous.get("pinned", []))
+    pinned = _pinned_indices(messages, pinned_ids)
+    pinned_cost = sum(counts[i] for i in pinned)
+    critical = fixed + pinned_cost
+    if critical > budget:
+        raise BudgetError(
+            f"the pinned context needs {critical} tokens (system prompt, tool schemas, "
+            f"{len(pinned)} pinned message(s)) but the budget is {budget}; raise the "
+            "budget or shorten the system prompt"
+        )
+
+    selected, excluded = _recent_units(messages, counts, budget - critical, pinned)
+    chosen = sorted(set(selected) | pinned)
+    window: list[WindowItem] = list(items_head)
+    for i in chosen:
+        window.append(
+            {
+                "kind": "message",
+                "id": str(messages[i].id),
+                "tokens": counts[i],
+                "tier": "critical" if i in pinned else "important",
+            }
+        )
+    window_tokens = fixed + sum(counts[i] for i in chosen)
+    recent_tokens = window_tokens - critical
+
+    before_ids = [it["id"] for it in previous.get("window", []) if it["kind"] == "message"]
+    after_ids = {it["id"] for it in window if it["kind"] == "message"}
+    left_ids = [i for i in before_ids if i not in after_ids]
+    before_set = set(before_ids)
+    entered = sum(1 for i in after_ids if i not in before_set)
+    pruned: list[PrunedItem] = [
+        {"id": mid, "reason": "out of budget (recency)"} for mid in left_ids
+    ]
+    pruned.extend(excluded)
+
+    frame: Frame = {
+        **previous,
+        "template": deps.template.name,
+        "template_hash": _template_hash(deps),
+        "turn": sum(1 for m in messages if isinstance(m, HumanMessage)),
+        "budget": budget,
+        "tiers": {
+            "critical": {"limit": budget, "used": critical, "items": len(items_head) + len(pinned)},
+            "important": {
+                "limit": budget - critical,
+                "used": recent_tokens,
+                "items": len(chosen) - len(pinned),
+            },
+        },
+        "window": window,
+        "window_tokens": window_tokens,
+        "history_tokens": sum(counts),
+        "history_messages": len(messages),
+        "pruned": pruned,
+        "pinned": sorted(pinned_ids),
+        "last_op": {
+            "op": "assemble",
+            "reason": f"recency window within {budget} tokens",
+            "tokens_before": int(previous.get("window_tokens", 0)),
+            "tokens_after": window_tokens,
+            "entered": entered,
+            "left": len(left_ids),
+        },
+        "tokenizer": counter.describe(),
+    }
+    frame.setdefault("summaries", [])
+    return frame
+
+
+def _template_hash(deps: NodeDeps) -> str:
+    template = deps.template
+    fingerprint = getattr(template, "fingerprint", None)
+    if isinstance(fingerprint, str):
+        return fingerprint
+    return hashlib.sha256(template.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _pinned_indices(messages: Sequence[BaseMessage], pinned_ids: set[str]) -> set[int]:
+    """The latest user message, the leading system messages, and user-pinned ids."""
+    pinned: set[int] = set()
+    for i in range(len(messages) - 1, -1, -1):
+        if isinstance(messages[i], HumanMessage):
+            pinned.add(i)
+            break
+    for i, message in enumerate(messages):
+        if not isinstance(message, SystemMessage):
+            break
+        pinned.add(i)
+    if pinned_ids:
+        pinned.update(i for i, m in enumerate(messages) if m.id in pinned_ids)
+    return pinned
+
+
+def _recent_units(
+    messages: Sequence[BaseMessage],
+    counts: Sequence[int],
+    room: int,
+    pinned: set[int],
+) -> tuple[list[int], list[PrunedItem]]:
+    """Walk back from the newest message, taking whole tool units while they fit.
+
+    A unit is one message, or an AI message with tool calls plus all of its results.
+    The walk stops at the first unit that does not fit, so the recent part of the
+    window is contiguous. Tool results without their call, and calls missing a
+    result, are never eligible; those met on the walk are returned with a reason.
+    """
+    selected: list[int] = []
+    excluded: list[PrunedItem] = []
+    pending: dict[str, int] = {}
+    used = 0
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if isinstance(message, ToolMessage):
+            pending[message.tool_call_id] = i
+            continue
+        unit = [i]
+        if isinstance(message, AIMessage) and message.tool_calls:
+            call_ids = [str(call.get("id")) for call in message.tool_calls]
+            if not all(cid in pending for cid in call_ids):
+                for cid in call_ids:
+                    pending.pop(cid, None)
+                excluded.append(
+                    {"id": str(message.id), "reason": "tool call without all its results"}
+                )
+                continue
+            unit.extend(pending.pop(cid) for cid in call_ids)
+        cost = sum(counts[j] for j in unit if j not in pinned)
+        if used + cost > room:
+            break
+        used += cost
+        selected.extend(unit)
+    else:
+        # The whole history fit: whatever is still pending never had a call.
+        excluded.extend(
+            {"id": str(messages[j].id), "reason": "tool result without its call"}
+            for j in sorted(pending.values())
+        )
+    return selected, excluded

@@ -1,0 +1,212 @@
+"""The state model: an append-only history and a window that is a view of it.
+
+`ContextState.messages` holds the whole conversation (`add_messages` reducer, every
+message with a stable id). `ContextState.context` holds the active **frame**: what the
+model will see (the window), how the budget was spent, and the last operation, so that
+each checkpoint explains itself. Pruning and summarization change the frame, never
+`messages`.
+
+Frames are plain `TypedDict`s, so they checkpoint as JSON-like data with any saver
+and read back identically in another process or version of llmctx.
+
+Embed the pipeline in your own graph by extending the state::
+
+    class MyState(ContextState):
+        plan: str
+
+and call the model with `window_messages(state)`, never with `state["messages"]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
+
+from langchain_core.messages import AnyMessage, BaseMessage, SystemMessage
+from langgraph.graph.message import add_messages
+
+__all__ = [
+    "ContextConfig",
+    "ContextState",
+    "Frame",
+    "LastOp",
+    "PrunedItem",
+    "Summary",
+    "TierReport",
+    "WindowItem",
+    "merge_preserved",
+    "window_messages",
+]
+
+ItemKind = Literal["system", "message", "summary", "memory"]
+
+
+class WindowItem(TypedDict):
+    """One entry of the window, in the order the model sees it.
+
+    `kind="message"` items refer to `messages` by `id`; the other kinds carry their
+    own `content`, so an old version renders exactly as it did, whatever the
+    template or memory hold today.
+    """
+
+    kind: ItemKind
+    id: str
+    tokens: int
+    tier: str
+    content: NotRequired[str]
+
+
+class TierReport(TypedDict):
+    """How one budget tier was spent: its limit, the tokens used and the item count."""
+
+    limit: int
+    used: int
+    items: int
+
+
+class Summary(TypedDict):
+    """A summary and the message ids it covers (possibly other summaries' ids)."""
+
+    id: str
+    text: str
+    covers: list[str]
+    tokens: int
+
+
+class PrunedItem(TypedDict):
+    """A message the last operation took out of the window, and why."""
+
+    id: str
+    reason: str
+
+
+class LastOp(TypedDict):
+    """What produced this frame: the operation, its reason and its token effect."""
+
+    op: str
+    reason: str
+    tokens_before: int
+    tokens_after: int
+    entered: int
+    left: int
+
+
+class Frame(TypedDict, total=False):
+    """The active context: template, focus, budget report, window and provenance.
+
+    `pruned` lists what the *last* operation removed from the window; earlier
+    removals are in earlier versions (`llmctx history`, `versions.diff`).
+    """
+
+    template: str
+    template_hash: str
+    focus: str
+    turn: int
+    budget: int
+    tiers: dict[str, TierReport]
+    window: list[WindowItem]
+    window_tokens: int
+    history_tokens: int
+    history_messages: int
+    summaries: list[Summary]
+    pruned: list[PrunedItem]
+    pinned: list[str]
+    last_op: LastOp
+    tokenizer: dict[str, Any]
+
+
+def merge_preserved(
+    left: dict[str, Frame] | None, right: dict[str, Frame] | None
+) -> dict[str, Frame]:
+    """Reducer for `preserved`: merge by template name; a `None` value drops a frame."""
+    merged = dict(left or {})
+    for name, frame in (right or {}).items():
+        if frame is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = frame
+    return merged
+
+
+class ContextState(TypedDict):
+    """The graph state every llmctx node reads and updates."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    context: NotRequired[Frame]
+    preserved: NotRequired[Annotated[dict[str, Frame], merge_preserved]]
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    """Run-scoped settings for the context nodes (LangGraph's Runtime context).
+
+    Pass it per run with `graph.invoke(state, config, context=ContextConfig(...))`;
+    anything left `None` falls back to the graph's defaults, then to `Settings`.
+
+    `template` is a template name or a `Template` object; `budget` caps the window's
+    total tokens (system prompt, tool schemas and reply priming included); `tools`
+    are the tool schemas the model will be sent, so that they are counted too.
+    """
+
+    template: Any = None
+    budget: int | None = None
+    model: str | None = None
+    workspace: Path | None = None
+    tools: tuple[Any, ...] = field(default_factory=tuple)
+
+    def over(self, defaults: ContextConfig | None) -> ContextConfig:
+        """This run's values, with anything unset taken from `defaults`."""
+        if defaults is None:
+            return self
+        return ContextConfig(
+            template=self.template if self.template is not None else defaults.template,
+            budget=self.budget if self.budget is not None else defaults.budget,
+            model=self.model or defaults.model,
+            workspace=self.workspace or defaults.workspace,
+            tools=self.tools or defaults.tools,
+        )
+
+    @classmethod
+    def coerce(cls, value: ContextConfig | dict[str, Any] | None) -> ContextConfig | None:
+        """Accept the dataclass, a plain dict of its fields, or `None`."""
+        if value is None or isinstance(value, ContextConfig):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise TypeError(
+                    f"unknown ContextConfig field(s) {sorted(unknown)}; "
+                    f"expected {sorted(cls.__dataclass_fields__)}"
+                )
+            data = dict(value)
+            if "tools" in data:
+                data["tools"] = tuple(data["tools"])
+            return cls(**data)
+        raise TypeError(f"expected ContextConfig or dict, got {type(value).__name__}")
+
+
+def window_messages(state: ContextState | dict[str, Any]) -> list[BaseMessage]:
+    """Assemble the messages the model sees, from the frame's window.
+
+    This is the one place where the window becomes a prompt. Without a frame (the
+    pipeline has not run yet) it raises `KeyError`, rather than silently sending the
+    raw history.
+    """
+    frame = state["context"]
+    items = frame.get("window", [])
+    wanted = {item["id"] for item in items if item["kind"] == "message"}
+    by_id: dict[str | None, BaseMessage] = {}
+    # The window is mostly the newest messages, so scan from the end and stop early.
+    for message in reversed(state["messages"]):
+        if len(by_id) == len(wanted):
+            break
+        if message.id in wanted:
+            by_id[message.id] = message
+    out: list[BaseMessage] = []
+    for item in items:
+        if item["kind"] == "message":
+            out.append(by_id[item["id"]])
+        else:  # the system prompt, summaries and memories reach the model as system text
+            out.append(SystemMessage(content=item.get("content", ""), id=item["id"]))
+    return out

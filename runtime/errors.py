@@ -1,0 +1,64 @@
+"""The llmctx error hierarchy.
+
+Every user-facing failure raises an `LlmctxError` subclass whose message names the
+thing at fault and how to fix it. The CLI turns any of them into one line on stderr
+and exit code 2, with no traceback.
+
+This module imports nothing from llmctx, so every package (including `templates`,
+which must not depend on the rest of the runtime) can raise these errors.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetError",
+    "ConfigError",
+    "LlmctxError",
+    "TemplateError",
+    "TemplateNotFoundError",
+    "ThreadNotFoundError",
+    "TokenizerError",
+    "TranscriptError",
+    "WorkspaceError",
+    "WorkspacePathError",
+]
+
+
+class LlmctxError(Exception):
+    """Base class of every error llmctx raises on purpose."""
+
+
+class ConfigError(LlmctxError):
+    """A setting has an invalid value; the message names the field and the fix."""
+
+
+class BudgetError(LlmctxError):
+    """The pinned context alone does not fit the token budget."""
+
+
+class TokenizerError(LlmctxError):
+    """No tokenizer could be loaded for a model, or its input cannot be counted."""
+
+
+class WorkspaceError(LlmctxError):
+    """The `.llm/` workspace cannot be created, read or cleaned."""
+
+
+class WorkspacePathError(WorkspaceError):
+    """A path would resolve outside the workspace (path traversal)."""
+
+
+class TemplateError(LlmctxError):
+    """A template file is invalid; the message points to file, line and field."""
+
+
+class TemplateNotFoundError(TemplateError):
+    """No template has the requested name; the message lists the available ones."""
+
+
+class TranscriptError(LlmctxError):
+    """A transcript cannot be read; the message names file:line and the field."""
+
+
+class ThreadNotFoundError(LlmctxError):
+    """A thread has no checkpoints in the workspace or saver that was asked."""

@@ -1,0 +1,280 @@
+"""Settings: configuration declared once, validated at the edge, passed inward typed.
+
+Values come from, highest priority first:
+
+1. keyword arguments to `Settings.load(...)` (the CLI's flags);
+2. environment variables with the `LLMCTX_` prefix (nested fields use `__`,
+   e.g. `LLMCTX_LLM__BASE_URL`);
+3. a `.env` file in the current directory;
+4. `<workspace>/config/settings.toml`;
+5. the defaults below.
+
+Example:
+    >>> s = Settings.load(context_window=32_000)
+    >>> s.budget_tokens
+    27904
+
+Secrets are `SecretStr`: they print as `**********` and are never written to disk.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from llmctx.runtime.errors import ConfigError
+
+__all__ = [
+    "EmbeddingSettings",
+    "LLMSettings",
+    "LifecycleSettings",
+    "MonitoringSettings",
+    "Settings",
+]
+
+ENV_PREFIX = "LLMCTX_"
+SETTINGS_TOML = Path("config") / "settings.toml"
+
+# The TOML file lives inside the workspace, whose path is itself a setting; `load`
+# resolves the workspace first and hands the file to the source through this var.
+_toml_path: ContextVar[Path | None] = ContextVar("_llmctx_toml_path", default=None)
+
+
+class LLMSettings(BaseModel):
+    """The chat model used for summaries and `llmctx chat`.
+
+    With provider `auto`, an OpenAI-compatible model is used when an API key or a
+    base URL is configured; otherwise there is no LLM and summarization is extractive.
+    """
+
+    provider: Literal["auto", "openai", "none"] = "auto"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    timeout_s: float = Field(60.0, gt=0)
+
+    @property
+    def configured(self) -> bool:
+        """Whether a real chat model is available."""
+        if self.provider == "none":
+            return False
+        if self.provider == "openai":
+            return True
+        return bool(self.base_url or (self.api_key and self.api_key.get_secret_value()))
+
+
+class EmbeddingSettings(BaseModel):
+    """The embedder behind dense retrieval. Lexical retrieval always works without one."""
+
+    provider: Literal["none", "openai", "sentence-transformers"] = "none"
+    model: str = "all-MiniLM-L6-v2"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+
+
+class MonitoringSettings(BaseModel):
+    """Latency and token metrics with confidence intervals and alerts."""
+
+    enabled: bool = True
+    window: int = Field(500, ge=10, description="samples kept per metric")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    latency_alert_ms: float = Field(250.0, gt=0)
+    budget_alert_fraction: float = Field(0.95, gt=0, le=1.0)
+
+
+class LifecycleSettings(BaseModel):
+    """Workspace retention rules applied by `llmctx gc`."""
+
+    max_age_days: float = Field(30.0, gt=0, description="files untouched this long may go")
+    min_access_count: int = Field(
+        1, ge=0, description="old files read at least this often are kept"
+    )
+    cache_ttl_hours: float = Field(24.0, gt=0, description="cache/ entries expire after this")
+    protected: list[str] = Field(
+        default_factory=lambda: ["versions", "memory", "templates", "config"],
+        description="folders gc never deletes from by age",
+    )
+
+
+class Settings(BaseSettings):
+    """Every llmctx setting, typed and validated. Build it with `Settings.load()`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    workspace: Path = Field(Path(".llm"), description="the .llm/ workspace folder")
+    model: str = Field("gpt-4o-mini", description="model name; picks the tokenizer")
+    tokenizer: str | None = Field(
+        None, description="tiktoken encoding to use instead of the model's own"
+    )
+    context_window: int = Field(128_000, gt=0, description="the model's context window")
+    output_reserve: int = Field(4_096, ge=0, description="tokens kept free for the reply")
+    default_template: str = Field("general", min_length=1)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+
+    @field_validator("workspace")
+    @classmethod
+    def _expand_workspace(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _reserve_fits(self) -> Settings:
+        if self.output_reserve >= self.context_window:
+            raise ValueError(
+                f"output_reserve ({self.output_reserve}) must be smaller than "
+                f"context_window ({self.context_window})"
+            )
+        return self
+
+    @property
+    def budget_tokens(self) -> int:
+        """The tokens the assembled window may use: context window minus output reserve."""
+        return self.context_window - self.output_reserve
+
+    @property
+    def settings_file(self) -> Path:
+        """Where this workspace keeps its TOML settings."""
+        return self.workspace / SETTINGS_TOML
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_toml_path.get())
+        return (init_settings, env_settings, dotenv_settings, toml)
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Build settings from every source, raising `ConfigError` on a bad value.
+
+        `overrides` take precedence over everything else; `None` values are ignored
+        so that unset CLI flags fall through to the other sources.
+        """
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        toml_file = _resolve_workspace(overrides) / SETTINGS_TOML
+        token = _toml_path.set(toml_file if toml_file.is_file() else None)
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, toml_file)) from None
+        except (OSError, ValueError) as exc:  # unreadable or malformed TOML / .env
+            raise ConfigError(f"cannot read settings: {exc}") from None
+        finally:
+            _toml_path.reset(token)
+
+    @classmethod
+    def sources(cls, **overrides: Any) -> dict[str, str]:
+        """Map each dotted field name to the source its effective value came from.
+
+        Sources are `argument`, `env`, `.env`, `settings.toml` and `default`.
+        """
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        toml_file = _resolve_workspace(overrides) / SETTINGS_TOML
+        layers: list[tuple[str, dict[str, Any]]] = [
+            ("argument", InitSettingsSource(cls, init_kwargs=overrides)()),
+            ("env", EnvSettingsSource(cls)()),
+            (".env", DotEnvSettingsSource(cls)()),
+        ]
+        if toml_file.is_file():
+            layers.append(("settings.toml", TomlConfigSettingsSource(cls, toml_file)()))
+        found: dict[str, str] = {}
+        for name, data in layers:
+            for key in _flatten_keys(data):
+                found.setdefault(key, name)
+        result: dict[str, str] = {}
+        for key in _flatten_keys(cls.load(**overrides).model_dump()):
+            parts = key.split(".")
+            origin = next(
+                (
+                    found[".".join(parts[:i])]
+                    for i in range(len(parts), 0, -1)
+                    if ".".join(parts[:i]) in found
+                ),
+                "default",
+            )
+            result[key] = origin
+        return result
+
+    def redacted(self) -> dict[str, Any]:
+        """A JSON-safe dump with every secret masked, for display and logs."""
+        return _mask(self.model_dump(mode="json"), self)
+
+
+def _resolve_workspace(overrides: dict[str, Any]) -> Path:
+    if "workspace" in overrides:
+        return Path(overrides["workspace"]).expanduser()
+    env = os.environ.get(f"{ENV_PREFIX}WORKSPACE")
+    if env:
+        return Path(env).expanduser()
+    dotenv = DotEnvSettingsSource(Settings)().get("workspace")
+    return Path(dotenv).expanduser() if dotenv else Path(".llm")
+
+
+def _flatten_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the leaves of a nested dict."""
+    keys: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            keys.extend(_flatten_keys(value, f"{dotted}."))
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def _mask(dumped: dict[str, Any], model: BaseModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in dumped.items():
+        attr = getattr(model, key, None)
+        if isinstance(attr, SecretStr):
+            out[key] = "**********" if attr.get_secret_value() else ""
+        elif isinstance(attr, BaseModel) and isinstance(value, dict):
+            out[key] = _mask(value, attr)
+        else:
+            out[key] = value
+    return out
+
+
+def _explain(exc: ValidationError, toml_file: Path) -> str:
+    """Turn pydantic's report into one line per field: where to set it and what it wants."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        dotted = ".".join(loc) or "settings"
+        env = ENV_PREFIX + "__".join(p.upper() for p in loc) if loc else ENV_PREFIX + "*"
+        msg = err.get("msg", "invalid value")
+        if err.get("type") == "extra_forbidden":
+            fix = f"remove it (known fields: {', '.join(Settings.model_fields)})"
+        else:
+            fix = f"set {env} or '{dotted}' in {toml_file} to a valid value"
+        given = err.get("input")
+        given_txt = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"invalid setting '{dotted}'{given_txt}: {msg}; {fix}")
+    return "; ".join(lines)
