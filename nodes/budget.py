@@ -22,7 +22,7 @@ from langgraph.runtime import Runtime
 from llmctx.nodes._deps import NodeDeps, resolve_deps
 from llmctx.nodes.state import ContextConfig, ContextState, Frame, PrunedItem, WindowItem
 from llmctx.runtime.errors import BudgetError
-from llmctx.runtime.tokens import REPLY_PRIMING
+from llmctx.runtime.tokens import REPLY_PRIMING, TokenCounter
 
 __all__ = ["allocate_budget", "assemble_window"]
 
@@ -50,7 +50,7 @@ def assemble_window(
     """
     previous = previous or {}
     counter = deps.counter
-    counts = counter.count_many(messages)
+    counts = _LazyCounts(messages, counter)
     budget = deps.budget
 
     system_prompt = deps.template.system_prompt.strip()
@@ -69,8 +69,13 @@ def assemble_window(
         )
         fixed += tokens
 
-    pinned_ids = set(previous.get("pinned", []))
-    pinned = _pinned_indices(messages, pinned_ids)
+    start = _appended_since(messages, previous)
+    same_template = previous.get("template_hash") == _template_hash(deps)
+    template_pins = _template_pins(
+        messages, deps, previous.get("template_pins", []) if same_template else None, start
+    )
+    pinned_ids = set(previous.get("pinned", [])) | set(template_pins)
+    pinned, unpinnable = _pinned_indices(messages, pinned_ids)
     pinned_cost = sum(counts[i] for i in pinned)
     critical = fixed + pinned_cost
     if critical > budget:
@@ -83,16 +88,18 @@ def assemble_window(
     selected, excluded = _recent_units(messages, counts, budget - critical, pinned)
     chosen = sorted(set(selected) | pinned)
     window: list[WindowItem] = list(items_head)
+    window_tokens = fixed
     for i in chosen:
+        tokens = counts[i]
+        window_tokens += tokens
         window.append(
             {
                 "kind": "message",
                 "id": str(messages[i].id),
-                "tokens": counts[i],
+                "tokens": tokens,
                 "tier": "critical" if i in pinned else "important",
             }
         )
-    window_tokens = fixed + sum(counts[i] for i in chosen)
     recent_tokens = window_tokens - critical
 
     before_ids = [it["id"] for it in previous.get("window", []) if it["kind"] == "message"]
@@ -104,6 +111,7 @@ def assemble_window(
         {"id": mid, "reason": "out of budget (recency)"} for mid in left_ids
     ]
     pruned.extend(excluded)
+    pruned.extend(unpinnable)
 
     frame: Frame = {
         **previous,
@@ -121,10 +129,12 @@ def assemble_window(
         },
         "window": window,
         "window_tokens": window_tokens,
-        "history_tokens": sum(counts),
+        "history_tokens": _history_tokens(messages, counter, previous, start),
         "history_messages": len(messages),
+        "history_tail": str(messages[-1].id) if messages else "",
         "pruned": pruned,
-        "pinned": sorted(pinned_ids),
+        "pinned": list(previous.get("pinned", [])),
+        "template_pins": template_pins,
         "last_op": {
             "op": "assemble",
             "reason": f"recency window within {budget} tokens",
@@ -139,6 +149,76 @@ def assemble_window(
     return frame
 
 
+class _LazyCounts:
+    """Per-index message counts, computed (through the counter's cache) on first use.
+
+    The window walk touches only the messages it may take, so a turn costs time in
+    proportion to the window, not to the whole history.
+    """
+
+    __slots__ = ("_counter", "_done", "_messages")
+
+    def __init__(self, messages: Sequence[BaseMessage], counter: TokenCounter) -> None:
+        self._messages = messages
+        self._counter = counter
+        self._done: dict[int, int] = {}
+
+    def __getitem__(self, index: int) -> int:
+        count = self._done.get(index)
+        if count is None:
+            count = self._done[index] = self._counter.count_message(self._messages[index])
+        return count
+
+
+def _appended_since(messages: Sequence[BaseMessage], previous: Frame) -> int | None:
+    """Where the messages new since `previous` start, or `None` if history was rewritten.
+
+    The history only grows in normal operation; a rollback, a removal or another
+    thread's frame breaks the check (same length prefix, same last message id), and
+    then everything derived from the history is recomputed.
+    """
+    known = int(previous.get("history_messages", 0))
+    tail = previous.get("history_tail")
+    if 0 < known <= len(messages) and tail and str(messages[known - 1].id) == tail:
+        return known
+    return None
+
+
+def _history_tokens(
+    messages: Sequence[BaseMessage], counter: TokenCounter, previous: Frame, start: int | None
+) -> int:
+    """Tokens of the whole history, counted incrementally while it only grows."""
+    if start is not None:
+        return int(previous.get("history_tokens", 0)) + sum(counter.count_many(messages[start:]))
+    return sum(counter.count_many(messages))
+
+
+def _template_pins(
+    messages: Sequence[BaseMessage],
+    deps: NodeDeps,
+    known: list[str] | None,
+    start: int | None,
+) -> list[str]:
+    """Ids the template pins by id, role or pattern; only new messages are scanned."""
+    policy = deps.template.pinned
+    if not (policy.ids or policy.roles or policy.patterns):
+        return []
+    if known is None or start is None:
+        known, start = [], 0
+    ids = set(policy.ids)
+    roles = set(policy.roles)
+    patterns = policy.compiled
+    found = list(known)
+    for message in messages[start:]:
+        if (
+            message.id in ids
+            or message.type in roles
+            or (patterns and any(p.search(message.text) for p in patterns))
+        ):
+            found.append(str(message.id))
+    return found
+
+
 def _template_hash(deps: NodeDeps) -> str:
     template = deps.template
     fingerprint = getattr(template, "fingerprint", None)
@@ -147,8 +227,14 @@ def _template_hash(deps: NodeDeps) -> str:
     return hashlib.sha256(template.model_dump_json().encode()).hexdigest()[:16]
 
 
-def _pinned_indices(messages: Sequence[BaseMessage], pinned_ids: set[str]) -> set[int]:
-    """The latest user message, the leading system messages, and user-pinned ids."""
+def _pinned_indices(
+    messages: Sequence[BaseMessage], pinned_ids: set[str]
+) -> tuple[set[int], list[PrunedItem]]:
+    """The latest user message, the leading system messages, and pinned ids.
+
+    A pinned message that belongs to a tool unit pins the whole unit; if the unit is
+    incomplete it cannot be sent at all, and is reported instead of pinned.
+    """
     pinned: set[int] = set()
     for i in range(len(messages) - 1, -1, -1):
         if isinstance(messages[i], HumanMessage):
@@ -158,14 +244,55 @@ def _pinned_indices(messages: Sequence[BaseMessage], pinned_ids: set[str]) -> se
         if not isinstance(message, SystemMessage):
             break
         pinned.add(i)
+    unpinnable: list[PrunedItem] = []
     if pinned_ids:
-        pinned.update(i for i, m in enumerate(messages) if m.id in pinned_ids)
-    return pinned
+        by_id = [i for i, m in enumerate(messages) if m.id in pinned_ids]
+        if any(_in_tool_unit(messages[i]) for i in by_id):
+            units = _tool_units(messages)
+            for i in by_id:
+                unit = units.get(i, [i])
+                if unit:
+                    pinned.update(unit)
+                else:
+                    unpinnable.append(
+                        {
+                            "id": str(messages[i].id),
+                            "reason": "pinned, but its tool pair is incomplete",
+                        }
+                    )
+        else:
+            pinned.update(by_id)
+    return pinned, unpinnable
+
+
+def _in_tool_unit(message: BaseMessage) -> bool:
+    return isinstance(message, ToolMessage) or bool(
+        isinstance(message, AIMessage) and message.tool_calls
+    )
+
+
+def _tool_units(messages: Sequence[BaseMessage]) -> dict[int, list[int]]:
+    """Map each index in a tool unit to the unit's indices (`[]` if incomplete)."""
+    results = {m.tool_call_id: i for i, m in enumerate(messages) if isinstance(m, ToolMessage)}
+    units: dict[int, list[int]] = {}
+    claimed: set[int] = set()
+    for i, m in enumerate(messages):
+        if isinstance(m, AIMessage) and m.tool_calls:
+            ids = [str(c.get("id")) for c in m.tool_calls]
+            found = [results[c] for c in ids if c in results]
+            unit = [i, *found] if len(found) == len(ids) else []
+            for j in [i, *found]:
+                units[j] = unit
+                claimed.add(j)
+    for j in results.values():
+        if j not in claimed:
+            units[j] = []
+    return units
 
 
 def _recent_units(
     messages: Sequence[BaseMessage],
-    counts: Sequence[int],
+    counts: _LazyCounts,
     room: int,
     pinned: set[int],
 ) -> tuple[list[int], list[PrunedItem]]:
@@ -196,7 +323,10 @@ def _recent_units(
                 )
                 continue
             unit.extend(pending.pop(cid) for cid in call_ids)
-        cost = sum(counts[j] for j in unit if j not in pinned)
+        if len(unit) == 1:
+            cost = 0 if i in pinned else counts[i]
+        else:
+            cost = sum(counts[j] for j in unit if j not in pinned)
         if used + cost > room:
             break
         used += cost

@@ -96,7 +96,9 @@ class Frame(TypedDict, total=False):
     """The active context: template, focus, budget report, window and provenance.
 
     `pruned` lists what the *last* operation removed from the window; earlier
-    removals are in earlier versions (`llmctx history`, `versions.diff`).
+    removals are in earlier versions (`llmctx history`, `versions.diff`). `pinned`
+    holds the ids a user pinned; `template_pins` those the template's pin policy
+    matched (kept incrementally, recomputed when the template changes).
     """
 
     template: str
@@ -109,9 +111,11 @@ class Frame(TypedDict, total=False):
     window_tokens: int
     history_tokens: int
     history_messages: int
+    history_tail: str
     summaries: list[Summary]
     pruned: list[PrunedItem]
     pinned: list[str]
+    template_pins: list[str]
     last_op: LastOp
     tokenizer: dict[str, Any]
 

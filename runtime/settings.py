@@ -20,11 +20,21 @@ Secrets are `SecretStr`: they print as `**********` and are never written to dis
 from __future__ import annotations
 
 import os
+import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -32,6 +42,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -53,7 +64,28 @@ SETTINGS_TOML = Path("config") / "settings.toml"
 _toml_path: ContextVar[Path | None] = ContextVar("_llmctx_toml_path", default=None)
 
 
-class LLMSettings(BaseModel):
+class _Section(BaseModel):
+    """A nested settings table; unknown keys are errors, so a typo never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _DotEnv(DotEnvSettingsSource):
+    """`.env` reader that only looks at `LLMCTX_*` keys.
+
+    A `.env` file is usually shared with other tools (`OPENAI_API_KEY`, ...); with
+    `extra="forbid"` pydantic-settings would reject every foreign key in it. Unknown
+    `LLMCTX_*` keys are kept, so a typo in one of ours is still reported.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        fields = self.settings_cls.model_fields
+        prefix = ENV_PREFIX.lower()
+        return {k: v for k, v in data.items() if k in fields or k.lower().startswith(prefix)}
+
+
+class LLMSettings(_Section):
     """The chat model used for summaries and `llmctx chat`.
 
     With provider `auto`, an OpenAI-compatible model is used when an API key or a
@@ -76,7 +108,7 @@ class LLMSettings(BaseModel):
         return bool(self.base_url or (self.api_key and self.api_key.get_secret_value()))
 
 
-class EmbeddingSettings(BaseModel):
+class EmbeddingSettings(_Section):
     """The embedder behind dense retrieval. Lexical retrieval always works without one."""
 
     provider: Literal["none", "openai", "sentence-transformers"] = "none"
@@ -85,7 +117,7 @@ class EmbeddingSettings(BaseModel):
     api_key: SecretStr | None = None
 
 
-class MonitoringSettings(BaseModel):
+class MonitoringSettings(_Section):
     """Latency and token metrics with confidence intervals and alerts."""
 
     enabled: bool = True
@@ -95,7 +127,7 @@ class MonitoringSettings(BaseModel):
     budget_alert_fraction: float = Field(0.95, gt=0, le=1.0)
 
 
-class LifecycleSettings(BaseModel):
+class LifecycleSettings(_Section):
     """Workspace retention rules applied by `llmctx gc`."""
 
     max_age_days: float = Field(30.0, gt=0, description="files untouched this long may go")
@@ -142,9 +174,15 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _reserve_fits(self) -> Settings:
         if self.output_reserve >= self.context_window:
-            raise ValueError(
-                f"output_reserve ({self.output_reserve}) must be smaller than "
-                f"context_window ({self.context_window})"
+            # `fields` lets `_explain` say where each of the two values can be fixed.
+            raise PydanticCustomError(
+                "reserve_too_large",
+                "output_reserve ({reserve}) must be smaller than context_window ({window})",
+                {
+                    "reserve": self.output_reserve,
+                    "window": self.context_window,
+                    "fields": ("context_window", "output_reserve"),
+                },
             )
         return self
 
@@ -168,7 +206,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, toml_file=_toml_path.get())
-        return (init_settings, env_settings, dotenv_settings, toml)
+        return (init_settings, env_settings, _DotEnv(settings_cls), toml)
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
@@ -179,12 +217,19 @@ class Settings(BaseSettings):
         """
         overrides = {k: v for k, v in overrides.items() if v is not None}
         toml_file = _resolve_workspace(overrides) / SETTINGS_TOML
-        token = _toml_path.set(toml_file if toml_file.is_file() else None)
+        has_toml = _check_toml(toml_file)
+        token = _toml_path.set(toml_file if has_toml else None)
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise ConfigError(_explain(exc, toml_file)) from None
-        except (OSError, ValueError) as exc:  # unreadable or malformed TOML / .env
+            raise ConfigError(_explain(exc, toml_file, _origins(overrides, toml_file))) from None
+        except SettingsError as exc:  # e.g. LLMCTX_LLM='{bad json'
+            raise ConfigError(
+                f"cannot read settings: {exc}; a whole table given as one variable "
+                "(e.g. LLMCTX_LLM) must be a JSON object, or set fields one by one "
+                "(LLMCTX_LLM__BASE_URL)"
+            ) from None
+        except (OSError, ValueError) as exc:  # e.g. an unreadable .env
             raise ConfigError(f"cannot read settings: {exc}") from None
         finally:
             _toml_path.reset(token)
@@ -196,31 +241,9 @@ class Settings(BaseSettings):
         Sources are `argument`, `env`, `.env`, `settings.toml` and `default`.
         """
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        toml_file = _resolve_workspace(overrides) / SETTINGS_TOML
-        layers: list[tuple[str, dict[str, Any]]] = [
-            ("argument", InitSettingsSource(cls, init_kwargs=overrides)()),
-            ("env", EnvSettingsSource(cls)()),
-            (".env", DotEnvSettingsSource(cls)()),
-        ]
-        if toml_file.is_file():
-            layers.append(("settings.toml", TomlConfigSettingsSource(cls, toml_file)()))
-        found: dict[str, str] = {}
-        for name, data in layers:
-            for key in _flatten_keys(data):
-                found.setdefault(key, name)
-        result: dict[str, str] = {}
-        for key in _flatten_keys(cls.load(**overrides).model_dump()):
-            parts = key.split(".")
-            origin = next(
-                (
-                    found[".".join(parts[:i])]
-                    for i in range(len(parts), 0, -1)
-                    if ".".join(parts[:i]) in found
-                ),
-                "default",
-            )
-            result[key] = origin
-        return result
+        effective = cls.load(**overrides)  # validates first: bad input is a ConfigError
+        found = _origins(overrides, _resolve_workspace(overrides) / SETTINGS_TOML)
+        return {key: _origin_of(key, found) for key in _flatten_keys(effective.model_dump())}
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-safe dump with every secret masked, for display and logs."""
@@ -230,11 +253,53 @@ class Settings(BaseSettings):
 def _resolve_workspace(overrides: dict[str, Any]) -> Path:
     if "workspace" in overrides:
         return Path(overrides["workspace"]).expanduser()
-    env = os.environ.get(f"{ENV_PREFIX}WORKSPACE")
+    # Env names are matched case-insensitively, as pydantic-settings does.
+    wanted = f"{ENV_PREFIX}WORKSPACE"
+    env = next((v for k, v in os.environ.items() if k.upper() == wanted and v), None)
     if env:
         return Path(env).expanduser()
-    dotenv = DotEnvSettingsSource(Settings)().get("workspace")
+    dotenv = _DotEnv(Settings)().get("workspace")
     return Path(dotenv).expanduser() if dotenv else Path(".llm")
+
+
+def _check_toml(toml_file: Path) -> bool:
+    """Whether the settings file exists; a ConfigError naming it if it cannot be parsed."""
+    if not toml_file.is_file():
+        return False
+    try:
+        with toml_file.open("rb") as handle:
+            tomllib.load(handle)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{toml_file}: not valid TOML ({exc}); fix or remove the file") from None
+    except OSError as exc:
+        raise ConfigError(f"{toml_file}: cannot read the settings file ({exc})") from None
+    return True
+
+
+def _origins(overrides: dict[str, Any], toml_file: Path) -> dict[str, str]:
+    """Map each dotted key any source sets to the highest-priority source setting it."""
+    layers: list[tuple[str, dict[str, Any]]] = [
+        ("argument", InitSettingsSource(Settings, init_kwargs=overrides)()),
+        ("env", EnvSettingsSource(Settings)()),
+        (".env", _DotEnv(Settings)()),
+    ]
+    if toml_file.is_file():
+        layers.append(("settings.toml", TomlConfigSettingsSource(Settings, toml_file)()))
+    found: dict[str, str] = {}
+    for name, data in layers:
+        for key in _flatten_keys(data):
+            found.setdefault(key, name)
+    return found
+
+
+def _origin_of(dotted: str, found: dict[str, str]) -> str:
+    """The source of a leaf: its own entry, else its nearest parent's (a whole table)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        origin = found.get(".".join(parts[:i]))
+        if origin is not None:
+            return origin
+    return "default"
 
 
 def _flatten_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
@@ -242,8 +307,8 @@ def _flatten_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
     keys: list[str] = []
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            keys.extend(_flatten_keys(value, f"{dotted}."))
+        if isinstance(value, dict):
+            keys.extend(_flatten_keys(value, f"{dotted}."))  # an empty table sets nothing
         else:
             keys.append(dotted)
     return keys
@@ -262,19 +327,57 @@ def _mask(dumped: dict[str, Any], model: BaseModel) -> dict[str, Any]:
     return out
 
 
-def _explain(exc: ValidationError, toml_file: Path) -> str:
-    """Turn pydantic's report into one line per field: where to set it and what it wants."""
+def _explain(exc: ValidationError, toml_file: Path, found: dict[str, str]) -> str:
+    """Turn pydantic's report into one clause per error: the field, where it was set
+    and what to fix, e.g. `invalid setting 'context_window' (got 'abc'): Input should
+    be a valid integer; fix the environment variable LLMCTX_CONTEXT_WINDOW`."""
     lines = []
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ())]
-        dotted = ".".join(loc) or "settings"
-        env = ENV_PREFIX + "__".join(p.upper() for p in loc) if loc else ENV_PREFIX + "*"
+        # The field path, without list indexes (`lifecycle.protected.0`).
+        loc = [str(p) for p in err.get("loc", ()) if isinstance(p, str)]
         msg = err.get("msg", "invalid value")
+        fields = (err.get("ctx") or {}).get("fields")
+        if not loc and fields:  # a rule across fields, e.g. output_reserve < context_window
+            where = ", ".join(f"{f} ({_where(f, _origin_of(f, found), toml_file)})" for f in fields)
+            lines.append(f"invalid settings: {msg}; fix one of: {where}")
+            continue
+        dotted = ".".join(loc) or "settings"
+        origin = _origin_of(dotted, found)
+        if loc and loc[0].lower().startswith(ENV_PREFIX.lower()):  # unknown LLMCTX_* in .env
+            dotted = loc[0][len(ENV_PREFIX) :].lower()
+        where = _where(dotted, origin, toml_file)
         if err.get("type") == "extra_forbidden":
-            fix = f"remove it (known fields: {', '.join(Settings.model_fields)})"
+            where = _where(dotted, origin, toml_file, preposition="from")
+            fix = f"remove {where} (known fields: {_known_fields(loc[:-1])})"
         else:
-            fix = f"set {env} or '{dotted}' in {toml_file} to a valid value"
+            fix = f"set {where} to a valid value"
         given = err.get("input")
         given_txt = "" if isinstance(given, dict) else f" (got {given!r})"
         lines.append(f"invalid setting '{dotted}'{given_txt}: {msg}; {fix}")
     return "; ".join(lines)
+
+
+def _where(dotted: str, origin: str, toml_file: Path, preposition: str = "in") -> str:
+    """Where the user sets `dotted`, given the source its current value came from."""
+    env = ENV_PREFIX + "__".join(p.upper() for p in dotted.split("."))
+    if origin == "env":
+        return f"the environment variable {env}"
+    if origin == ".env":
+        return f"{env} {preposition} .env"
+    if origin == "settings.toml":
+        return f"'{dotted}' {preposition} {toml_file}"
+    if origin == "argument":
+        return f"the value passed for '{dotted}'"
+    return f"{env} or '{dotted}' in {toml_file}"
+
+
+def _known_fields(section: list[str]) -> str:
+    """The field names of the (nested) settings table at `section`."""
+    model: type[BaseModel] = Settings
+    for part in section:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return ", ".join(model.model_fields)

@@ -23,7 +23,8 @@ import json
 import math
 import re
 from functools import cached_property
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -57,6 +58,26 @@ class _Policy(BaseModel):
     """Base of every template model: unknown keys are errors, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """Copy, dropping memoised values (fingerprint, compiled patterns) of the original.
+
+        Pydantic copies `__dict__` whole, so without this a copy made with `update=`
+        would keep the original's stale `fingerprint`.
+        """
+        copy = super().model_copy(update=update, deep=deep)
+        for name in _cached_names(type(self)):
+            copy.__dict__.pop(name, None)
+        return copy
+
+
+def _cached_names(cls: type) -> tuple[str, ...]:
+    return tuple(
+        name
+        for klass in cls.__mro__
+        for name, attr in vars(klass).items()
+        if isinstance(attr, cached_property)
+    )
 
 
 class TierSplit(_Policy):
