@@ -22,8 +22,8 @@ import hashlib
 import json
 import math
 import re
-from functools import cached_property
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any, Literal, Self
 
 import yaml

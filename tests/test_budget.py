@@ -176,7 +176,7 @@ def test_counts_match_the_openai_cookbook(deps: NodeDeps) -> None:
     history: list[BaseMessage] = [
         HumanMessage("Why does the build fail on Python 3.12?", id="1", name="ana"),
         AIMessage("distutils was removed; use setuptools instead.", id="2"),
-        HumanMessage("日本語のテキストも数えますか？", id="3"),
+        HumanMessage("日本語のテキストも数えますか", id="3"),
     ]
     frame = assemble_window(history, _with(deps, 5_000))
     role = {"system": "system", "human": "user", "ai": "assistant"}
