@@ -121,12 +121,8 @@ def replay(
     )
     batches = list(replay_batches(messages, present))
     for done, batch in enumerate(batches, start=1):
-        result = graph.invoke({"messages": batch}, config, context=context)
-        frame = result["context"]
+        frame, checkpoint_id = _run_turn(graph, batch, config, context)
         last_op = frame.get("last_op", {})
-        checkpoint_id = None
-        if graph.checkpointer:
-            checkpoint_id = graph.get_state(config).config["configurable"].get("checkpoint_id")
         record = TurnRecord(
             turn=int(frame.get("turn", done)),
             added=len(batch),
@@ -148,6 +144,28 @@ def replay(
             on_turn(record, done, len(batches))
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _run_turn(
+    graph: CompiledStateGraph,
+    batch: list[BaseMessage],
+    config: dict[str, Any],
+    context: ContextConfig | None,
+) -> tuple[dict[str, Any], str | None]:
+    """Invoke one turn; return the final frame and the id of the last checkpoint.
+
+    Streaming checkpoint events gives the id without reading the state back.
+    """
+    frame: dict[str, Any] = {}
+    checkpoint_id = None
+    for mode, chunk in graph.stream(
+        {"messages": batch}, config, context=context, stream_mode=["values", "checkpoints"]
+    ):
+        if mode == "values":
+            frame = chunk.get("context", frame)
+        else:
+            checkpoint_id = chunk["config"]["configurable"].get("checkpoint_id")
+    return frame, checkpoint_id
 
 
 def default_thread_id(path: Path, conversation: int | None) -> str:
