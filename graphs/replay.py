@@ -155,11 +155,18 @@ def _run_turn(
     """Invoke one turn; return the final frame and the id of the last checkpoint.
 
     Streaming checkpoint events gives the id without reading the state back.
+    `durability="exit"` persists one checkpoint per turn (the turn's final state)
+    instead of one per step: a replayed turn has no intermediate state worth
+    resuming from, since replay resumes by message id anyway.
     """
     frame: dict[str, Any] = {}
     checkpoint_id = None
     for mode, chunk in graph.stream(
-        {"messages": batch}, config, context=context, stream_mode=["values", "checkpoints"]
+        {"messages": batch},
+        config,
+        context=context,
+        stream_mode=["values", "checkpoints"],
+        durability="exit",
     ):
         if mode == "values":
             frame = chunk.get("context", frame)

@@ -25,7 +25,11 @@ CONTEXT_CHANNEL = "context"
 
 @dataclass(frozen=True)
 class Version:
-    """One context version: where it sits in the thread and what its frame says."""
+    """One context version: where it sits in the thread and what its frame says.
+
+    `tokens_exact` is False when the frame was counted with the approximate fallback
+    (no tiktoken encoding could be loaded), so every report can flag it.
+    """
 
     checkpoint_id: str
     parent_id: str | None
@@ -38,6 +42,7 @@ class Version:
     window_tokens: int
     history_tokens: int
     history_messages: int
+    tokens_exact: bool
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,4 +87,5 @@ def _to_version(tup: CheckpointTuple) -> Version:
         window_tokens=int(frame.get("window_tokens", 0)),
         history_tokens=int(frame.get("history_tokens", 0)),
         history_messages=int(frame.get("history_messages", 0)),
+        tokens_exact=bool(frame.get("tokenizer", {}).get("exact", False)),
     )

@@ -204,3 +204,12 @@ def test_settings_workspace_drives_the_node_template_registry(
     out = graph.invoke({"messages": [("user", "hi")]}, _config("x"))
     assert out["context"]["window"][0]["content"] == "Answer in haiku."
     assert Settings.load(workspace=ws).workspace == ws
+
+
+def test_versions_flag_exact_counts(tmp_path: Path) -> None:
+    with open_saver(tmp_path / ".llm") as saver:
+        graph = build_context_graph(checkpointer=saver, budget=800)
+        graph.invoke({"messages": _chat(2)}, _config("v"))
+        (version,) = history(saver, "v")
+    assert version.tokens_exact is True and version.to_dict()["tokens_exact"] is True
+    assert history(InMemorySaver(), "missing") == []
