@@ -23,6 +23,7 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
 from llmctx.nodes import ContextConfig, ContextState, allocate_budget
+from llmctx.runtime.settings import Settings
 
 __all__ = ["build_context_graph"]
 
@@ -38,12 +39,15 @@ def build_context_graph(
     model: str | None = None,
     workspace: Path | str | None = None,
     tools: Sequence[Any] = (),
+    settings: Settings | None = None,
     name: str = "llmctx_context",
 ) -> CompiledStateGraph:
     """Build and compile the context pipeline.
 
-    The factory's `template`, `budget`, `model`, `workspace` and `tools` are the
-    graph's defaults; a run overrides any of them with `context=ContextConfig(...)`.
+    The factory's `template`, `budget`, `model`, `workspace`, `tools` and `settings`
+    are the graph's defaults; a run overrides any of them with
+    `context=ContextConfig(...)`. Without `settings`, `Settings.load()` is read once
+    per process.
     Pass `checkpointer=None` when embedding it as a subgraph (the parent's is used).
     """
     defaults = ContextConfig(
@@ -52,6 +56,7 @@ def build_context_graph(
         model=model,
         workspace=Path(workspace) if workspace is not None else None,
         tools=tuple(tools),
+        settings=settings,
     )
     builder = StateGraph(ContextState, context_schema=ContextConfig)
     builder.add_node("budget", _with_defaults(allocate_budget, defaults))

@@ -50,13 +50,18 @@ class TurnRecord:
 
 @dataclass
 class ReplayReport:
-    """The outcome of a replay: one record per turn run now, plus totals."""
+    """The outcome of a replay: one record per turn run now, plus totals.
+
+    `template`, `budget`, `tokenizer` and `history_tokens` describe the thread's
+    latest frame, also when every turn was already replayed and nothing ran.
+    """
 
     thread_id: str
     source: str
     template: str | None = None
     budget: int | None = None
     tokenizer: dict[str, Any] = field(default_factory=dict)
+    history_tokens: int | None = None
     total_messages: int = 0
     skipped_messages: int = 0
     turns: list[TurnRecord] = field(default_factory=list)
@@ -72,8 +77,6 @@ class ReplayReport:
         data["turns_run"] = len(self.turns)
         data["max_window_tokens"] = self.max_window_tokens
         data["window_tokens"] = [t.window_tokens for t in self.turns]
-        last = self.turns[-1] if self.turns else None
-        data["history_tokens"] = last.history_tokens if last else None
         return data
 
 
@@ -110,12 +113,18 @@ def replay(
     config = {"configurable": {"thread_id": thread_id}}
     started = time.perf_counter()
     snapshot = graph.get_state(config) if graph.checkpointer else None
-    existing = (snapshot.values.get("messages", []) if snapshot else []) or []
+    values = snapshot.values if snapshot else {}
+    existing = values.get("messages", []) or []
     present = {str(m.id) for m in existing}
     messages = list(transcript.messages)
+    last_frame = values.get("context") or {}
     report = ReplayReport(
         thread_id=thread_id,
         source=str(transcript.source),
+        template=last_frame.get("template"),
+        budget=last_frame.get("budget"),
+        tokenizer=dict(last_frame.get("tokenizer", {})),
+        history_tokens=last_frame.get("history_tokens"),
         total_messages=len(messages),
         skipped_messages=sum(1 for m in messages if m.id in present),
     )
@@ -137,6 +146,7 @@ def replay(
             checkpoint_id=checkpoint_id,
         )
         report.turns.append(record)
+        report.history_tokens = record.history_tokens
         report.template = frame.get("template")
         report.budget = frame.get("budget")
         report.tokenizer = dict(frame.get("tokenizer", {}))

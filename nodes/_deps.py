@@ -35,6 +35,7 @@ class NodeDeps:
 
 @lru_cache(maxsize=1)
 def _default_settings() -> Settings:
+    """Settings for graphs built without `settings=`: loaded once per process."""
     return Settings.load()
 
 
@@ -74,7 +75,7 @@ def resolve_deps(context: ContextConfig | None, settings: Settings | None = None
     settings') context window minus its output reserve.
     """
     ctx = context or ContextConfig()
-    settings = settings or _default_settings()
+    settings = settings or ctx.settings or _default_settings()
     workspace = Path(ctx.workspace) if ctx.workspace else settings.workspace
     template = ctx.template if ctx.template is not None else settings.default_template
     if isinstance(template, str):

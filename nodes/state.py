@@ -150,7 +150,8 @@ class ContextConfig:
 
     `template` is a template name or a `Template` object; `budget` caps the window's
     total tokens (system prompt, tool schemas and reply priming included); `tools`
-    are the tool schemas the model will be sent, so that they are counted too.
+    are the tool schemas the model will be sent, so that they are counted too;
+    `settings` (a `Settings`) replaces the process-wide `Settings.load()`.
     """
 
     template: Any = None
@@ -158,6 +159,7 @@ class ContextConfig:
     model: str | None = None
     workspace: Path | None = None
     tools: tuple[Any, ...] = field(default_factory=tuple)
+    settings: Any = None
 
     def over(self, defaults: ContextConfig | None) -> ContextConfig:
         """This run's values, with anything unset taken from `defaults`."""
@@ -169,6 +171,7 @@ class ContextConfig:
             model=self.model or defaults.model,
             workspace=self.workspace or defaults.workspace,
             tools=self.tools or defaults.tools,
+            settings=self.settings if self.settings is not None else defaults.settings,
         )
 
     @classmethod

@@ -81,7 +81,7 @@ def init(workspace: Path | None = WORKSPACE_OPT) -> None:
 
     ws = Workspace.from_settings(_settings(workspace))
     ws.ensure()
-    out.print(f"workspace ready at {ws.root}")
+    out.print(f"workspace ready at {ws.root}", soft_wrap=True)  # keep the path whole
 
 
 @app.command()
@@ -112,6 +112,8 @@ def gc(
     report = ws.gc(dry_run=dry_run)
     if as_json:
         _print_json(report.to_dict())
+    elif not report.candidates and not report.errors:
+        out.print(f"gc: nothing to delete in {ws.root}", soft_wrap=True)
     else:
         out.print(gc_table(report))
 
@@ -162,11 +164,11 @@ def _registry(workspace: Path | None) -> Any:
 @_user_errors
 def templates_list(workspace: Path | None = WORKSPACE_OPT, as_json: bool = JSON_OPT) -> None:
     """List packaged and user templates (user ones override packaged ones)."""
-    from llmctx.templates import template_table
+    from llmctx.templates import info_dict, template_table
 
     infos = _registry(workspace).list()
     if as_json:
-        _print_json([info.model_dump(mode="json") for info in infos])
+        _print_json([info_dict(info) for info in infos])
     else:
         out.print(template_table(infos))
 
@@ -177,14 +179,16 @@ def templates_show(
     name: str, workspace: Path | None = WORKSPACE_OPT, as_json: bool = JSON_OPT
 ) -> None:
     """Show a template fully resolved (inheritance applied)."""
-    template = _registry(workspace).get(name)
-    data = template.model_dump(mode="json")
-    if as_json:
-        _print_json(data)
-    else:
-        import yaml
+    from llmctx.templates import template_detail, template_dict
 
-        out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), markup=False)
+    registry = _registry(workspace)
+    template = registry.get(name)
+    if as_json:
+        _print_json(template_dict(template))
+    elif out.is_terminal:
+        out.print(template_detail(template, registry.info(name)))
+    else:  # piped: plain YAML, ready to copy into a user template
+        sys.stdout.write(template.to_yaml())
 
 
 @templates_app.command("validate")
@@ -263,6 +267,7 @@ def _run_replay(
             budget=budget,
             model=settings.model,
             workspace=ws.root,
+            settings=settings,
         )
         show_progress = not as_json and out.is_terminal
         if show_progress:
@@ -290,14 +295,24 @@ def _run_replay(
     _print_replay(report, data)
 
 
+# The op every turn runs; the table names an op only when it is another one.
+_USUAL_OP = "assemble"
+
+
 def _print_replay(report: Any, data: dict[str, Any]) -> None:
-    table = Table(title=f"replay of {report.source} into thread '{report.thread_id}'")
-    for column in ("turn", "added", "history msgs", "history tokens", "window msgs"):
-        table.add_column(column, justify="right")
-    table.add_column("window tokens", justify="right")
-    table.add_column("changed")
+    # One line per turn at 80 columns: short numeric columns, and `changed` never wraps.
+    table = Table(title=f"replay into thread '{report.thread_id}'", caption=report.source)
+    table.add_column("turn", justify="right")
+    table.add_column("added\nmsgs", justify="right")
+    table.add_column("history\nmsgs", justify="right")
+    table.add_column("history\ntokens", justify="right")
+    table.add_column("window\nmsgs", justify="right")
+    table.add_column("window\ntokens", justify="right")
+    table.add_column("window\nchange", no_wrap=True)
     for t in report.turns:
         changed = f"+{t.entered} -{t.left}" if (t.entered or t.left) else "="
+        if t.op and t.op != _USUAL_OP:
+            changed = f"{changed} {t.op}"
         table.add_row(
             str(t.turn),
             str(t.added),
@@ -305,18 +320,49 @@ def _print_replay(report: Any, data: dict[str, Any]) -> None:
             str(t.history_tokens),
             str(t.window_messages),
             str(t.window_tokens),
-            f"{changed} {t.op}",
+            changed,
         )
+    if not report.turns:
+        out.print(
+            f"Nothing to replay: all {report.skipped_messages} message(s) of {report.source} "
+            f"are already in thread '{report.thread_id}'."
+        )
+        out.print(f"Versions in {data['checkpoints']} (llmctx history {report.thread_id}).")
+        return
     out.print(table)
-    tok = report.tokenizer
-    exact = "exact" if tok.get("exact", False) else "APPROXIMATE"
     out.print(
         f"{len(report.turns)} turn(s) replayed, {report.skipped_messages} message(s) already "
-        f"in the thread; history {data['history_tokens']} tokens, largest window "
-        f"{report.max_window_tokens} of {report.budget} budget; template {report.template}; "
-        f"tokens {exact} ({tok.get('encoding', '?')}); {report.elapsed_s:.1f}s; "
-        f"checkpoints in {data['checkpoints']}"
+        f"in the thread; history {data['history_tokens']} tokens; largest window "
+        f"{report.max_window_tokens} of {report.budget} tokens; template {report.template}."
     )
+    out.print(f"{_tokens_note(report.tokenizer)}; {report.elapsed_s:.1f}s.")
+    out.print(f"Versions in {data['checkpoints']} (llmctx history {report.thread_id}).")
+
+
+def _tokens_note(tok: dict[str, Any]) -> str:
+    """One short sentence on how tokens were counted, and why if not with the model's
+    own encoding (the full fallback reason stays in `--json`)."""
+    encoding = tok.get("encoding", "?")
+    wanted = tok.get("model_encoding")
+    model = tok.get("model", "the model")
+    if not tok.get("exact", False):
+        why = _short_reason(tok.get("fallback_reason"))
+        return f"Token counts are APPROXIMATE: no tiktoken encoding loaded{why and f' ({why})'}"
+    if tok.get("exact_for_model", False):
+        return f"Tokens counted exactly with {encoding}, {model}'s own encoding"
+    if not wanted:
+        return f"Tokens counted with {encoding} ({model} is unknown to tiktoken)"
+    why = _short_reason(tok.get("fallback_reason"))
+    return f"Tokens counted with {encoding}, not {model}'s own {wanted}{why and f' ({why})'}"
+
+
+def _short_reason(reason: str | None) -> str:
+    """The gist of a fallback reason: `cannot load o200k_base: ConnectionError: HTTPS...`
+    becomes `cannot load o200k_base: ConnectionError`."""
+    if not reason:
+        return ""
+    short = ": ".join(reason.split("; ")[0].split(": ")[:2])
+    return short if len(short) <= 80 else short[:77] + "..."
 
 
 # --------------------------------------------------------------------------- history
@@ -346,17 +392,30 @@ def history(
     if as_json:
         _print_json({"thread_id": thread, "versions": [v.to_dict() for v in versions]})
         return
-    table = Table(title=f"versions of thread '{thread}'")
-    for column in ("step", "turn", "op", "window tokens", "history tokens", "time", "checkpoint"):
-        table.add_column(column)
+    # Fits 80 columns with the full checkpoint id (what diff/rollback will take): no
+    # borders, the time of day only (the date is in the title), the step in --json only.
+    days = sorted({v.time[:10] for v in versions})
+    span = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+    table = Table(
+        title=f"versions of thread '{thread}', newest first ({span}, UTC)",
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+    )
+    table.add_column("turn", justify="right")
+    table.add_column("op")
+    table.add_column("window\ntokens", justify="right")
+    table.add_column("history\ntokens", justify="right")
+    table.add_column("time")
+    table.add_column("checkpoint", no_wrap=True)
     for v in versions:
+        time_of_day = v.time[11:19] if len(days) == 1 else f"{v.time[5:10]} {v.time[11:16]}"
         table.add_row(
-            str(v.step),
             str(v.turn),
             v.op,
             str(v.window_tokens),
             str(v.history_tokens),
-            v.time,
+            time_of_day,
             v.checkpoint_id,
         )
     out.print(table)

@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+from rich.console import Group
 from rich.filesize import decimal
 from rich.table import Table
+from rich.text import Text
 
 from llmctx.runtime.errors import ConfigError, WorkspaceError, WorkspacePathError
 from llmctx.runtime.settings import Settings
@@ -721,8 +723,8 @@ class Workspace:
 # --------------------------------------------------------------------------- rendering
 
 
-def health_table(report: HealthReport) -> Table:
-    """A rich table of a `HealthReport`, for `llmctx status`."""
+def health_table(report: HealthReport) -> Group:
+    """A rich table of a `HealthReport` and a summary line under it, for `llmctx status`."""
     state = "ok" if report.ok else "needs `llmctx init`"
     table = Table(title=f"workspace {report.root} ({state})")
     table.add_column("folder")
@@ -740,16 +742,16 @@ def health_table(report: HealthReport) -> Table:
         )
     table.add_section()
     table.add_row("total", str(report.total_files), decimal(report.total_bytes), "", "")
-    table.caption = (
+    summary = (
         f"index: {report.index_rows} rows, {decimal(report.index_bytes)}; "
         f"{report.unindexed_files} unindexed, {report.stale_rows} stale; "
         f"gc candidates: {len(report.candidates)} ({decimal(report.candidate_bytes)})"
     )
-    return table
+    return Group(table, Text(summary))
 
 
-def gc_table(report: GcReport) -> Table:
-    """A rich table of a `GcReport`, for `llmctx gc`."""
+def gc_table(report: GcReport) -> Group:
+    """A rich table of a `GcReport` and a summary line under it, for `llmctx gc`."""
     title = "gc (dry run)" if report.dry_run else "gc"
     table = Table(title=f"{title}: {report.root}")
     table.add_column("path")
@@ -758,13 +760,12 @@ def gc_table(report: GcReport) -> Table:
     for c in report.candidates:
         table.add_row(c.path, decimal(c.size), c.reason)
     if report.dry_run:
-        table.caption = (
+        summary = (
             f"{len(report.candidates)} candidate(s), {decimal(report.candidate_bytes)} "
             "would be freed; nothing deleted"
         )
     else:
-        table.caption = (
-            f"deleted {len(report.deleted)} file(s), freed {decimal(report.bytes_freed)}"
-            + (f"; {len(report.errors)} error(s)" if report.errors else "")
+        summary = f"deleted {len(report.deleted)} file(s), freed {decimal(report.bytes_freed)}" + (
+            f"; {len(report.errors)} error(s)" if report.errors else ""
         )
-    return table
+    return Group(table, Text(summary))

@@ -43,13 +43,7 @@ class Clock:
         self.t += seconds
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Settings.load reads LLMCTX_* and ./.env: keep the developer's own out of the tests.
-    for key in list(os.environ):
-        if key.startswith("LLMCTX_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+# tests/conftest.py isolates every test (no LLMCTX_* env, cwd = tmp_path).
 
 
 @pytest.fixture
