@@ -8,6 +8,7 @@ an import cycle.
 
 from llmctx.runtime.errors import (
     BudgetError,
+    CheckpointStoreError,
     ConfigError,
     LlmctxError,
     TemplateError,
@@ -15,6 +16,7 @@ from llmctx.runtime.errors import (
     ThreadNotFoundError,
     TokenizerError,
     TranscriptError,
+    VersionNotFoundError,
     WorkspaceError,
     WorkspacePathError,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "TOKENS_PER_MESSAGE",
     "BudgetError",
     "CacheInfo",
+    "CheckpointStoreError",
     "ConfigError",
     "EmbeddingSettings",
     "GcReport",
@@ -69,6 +72,7 @@ __all__ = [
     "TranscriptError",
     "Turn",
     "Version",
+    "VersionNotFoundError",
     "Workspace",
     "WorkspaceError",
     "WorkspacePathError",

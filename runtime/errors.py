@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __all__ = [
     "BudgetError",
+    "CheckpointStoreError",
     "ConfigError",
     "LlmctxError",
     "TemplateError",
@@ -19,6 +20,7 @@ __all__ = [
     "ThreadNotFoundError",
     "TokenizerError",
     "TranscriptError",
+    "VersionNotFoundError",
     "WorkspaceError",
     "WorkspacePathError",
 ]
@@ -62,3 +64,11 @@ class TranscriptError(LlmctxError):
 
 class ThreadNotFoundError(LlmctxError):
     """A thread has no checkpoints in the workspace or saver that was asked."""
+
+
+class CheckpointStoreError(LlmctxError):
+    """The checkpoint database is corrupt, foreign or from a newer llmctx; never reset."""
+
+
+class VersionNotFoundError(LlmctxError):
+    """No version of the thread matches the id, prefix or tag (or it is ambiguous)."""
