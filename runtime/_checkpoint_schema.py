@@ -1,0 +1,186 @@
+"""The on-disk layout of `LlmctxSaver`, and opening a file safely.
+
+One SQLite file (WAL mode) holds three tables:
+
+* `checkpoints`: one row per checkpoint. The checkpoint itself minus its channel
+  values (`body`, serde-typed, zstd when large), the metadata as JSON (for
+  filters), and columns copied out of it for cheap listing: `ts`, `step`,
+  `source`, `run_id`, and `summary_version` (the version of the summary channel,
+  `context`, that this checkpoint sees).
+* `blobs`: one row per (thread, namespace, channel, version): a channel's value
+  is written only when its version changes. `kind` says how to read `data`:
+  `full` (the serde bytes), `zdelta` (zstd with the `base` version's serde bytes as
+  a raw-content dictionary), `append` (the items appended to the `base` version's
+  list) or `empty` (the channel has no value). An `append` row may be compressed
+  against the pending writes it came from (`dict_checkpoint`, and `dict_writes`:
+  the exact `[task_id, idx]` rows, in order), which hold the same messages, so a
+  message is stored about once; those rows are re-compressed on their own before
+  the writes are deleted. `base` names the exact version a
+  delta was computed from, so forks and out-of-order reads stay correct. Rows of
+  the summary channel also carry the version summary columns (`op`, `turn`, ...).
+* `writes`: the pending writes of each checkpoint, like every LangGraph saver.
+
+`PRAGMA application_id` marks the file as ours and `PRAGMA user_version` holds the
+schema version, so a foreign, corrupt or newer file is refused with a clear error
+instead of being silently reset.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from llmctx.runtime.errors import CheckpointStoreError
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "CheckpointStoreError",
+    "connect",
+]
+
+# "llmc" in ASCII: tells our files apart from any other SQLite database.
+APPLICATION_ID = 0x6C6C6D63
+SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_DDL = """
+CREATE TABLE checkpoints (
+    thread_id TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL DEFAULT '',
+    checkpoint_id TEXT NOT NULL,
+    parent_checkpoint_id TEXT,
+    ts TEXT NOT NULL,
+    step INTEGER,
+    source TEXT,
+    run_id TEXT,
+    summary_version TEXT,
+    type TEXT NOT NULL,
+    z INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    metadata TEXT NOT NULL,
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+) WITHOUT ROWID;
+CREATE INDEX checkpoints_run_id ON checkpoints (run_id) WHERE run_id IS NOT NULL;
+
+CREATE TABLE blobs (
+    thread_id TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    version TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    base TEXT,
+    depth INTEGER NOT NULL DEFAULT 0,
+    type TEXT,
+    z INTEGER NOT NULL DEFAULT 0,
+    data BLOB,
+    n_items INTEGER,
+    since_full INTEGER NOT NULL DEFAULT 0,
+    full_size INTEGER NOT NULL DEFAULT 0,
+    dict_checkpoint TEXT,
+    dict_writes TEXT,
+    op TEXT,
+    reason TEXT,
+    template TEXT,
+    turn INTEGER,
+    window_tokens INTEGER,
+    history_tokens INTEGER,
+    history_messages INTEGER,
+    tokens_exact INTEGER,
+    PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
+) WITHOUT ROWID;
+CREATE INDEX blobs_base ON blobs (thread_id, checkpoint_ns, channel, base)
+    WHERE base IS NOT NULL;
+CREATE INDEX blobs_dict ON blobs (thread_id, checkpoint_ns, dict_checkpoint)
+    WHERE dict_checkpoint IS NOT NULL;
+
+CREATE TABLE writes (
+    thread_id TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    task_path TEXT NOT NULL DEFAULT '',
+    channel TEXT NOT NULL,
+    type TEXT,
+    z INTEGER NOT NULL DEFAULT 0,
+    value BLOB,
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+) WITHOUT ROWID;
+"""
+
+
+def _refuse(path: Path, why: str) -> CheckpointStoreError:
+    return CheckpointStoreError(
+        f"{path}: {why}; llmctx will not overwrite it. Move the file away (llmctx "
+        "creates a fresh store on next use) or point the workspace elsewhere."
+    )
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) an llmctx checkpoint file, or raise `CheckpointStoreError`.
+
+    The connection is in WAL mode with a 30 s busy timeout, autocommit (writers
+    open `BEGIN IMMEDIATE` themselves) and usable from any thread (callers lock).
+    """
+    if path.exists() and path.stat().st_size > 0:
+        with path.open("rb") as fh:
+            if fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                raise _refuse(path, "not a SQLite database (corrupt or foreign file)")
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0, isolation_level=None)
+    try:
+        _check_or_create(conn, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise _refuse(path, f"unreadable database ({exc})") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_or_create(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute("PRAGMA busy_timeout=30000")
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if app_id == APPLICATION_ID:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise _refuse(
+                path,
+                f"written by a newer llmctx (schema {version}, this one reads up to "
+                f"{SCHEMA_VERSION}); upgrade llmctx",
+            )
+        if version < 1 or not {"checkpoints", "blobs", "writes"} <= tables:
+            raise _refuse(path, f"llmctx store with missing tables (schema {version})")
+        _pragmas(conn)
+        return
+    if tables or app_id != 0:
+        hint = (
+            " (it looks like a langgraph SqliteSaver file from an older llmctx)"
+            if {"checkpoints", "writes"} <= tables and "blobs" not in tables
+            else ""
+        )
+        raise _refuse(path, f"a foreign SQLite database{hint}")
+    _pragmas(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have created it between our check and the lock.
+        if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            for statement in _DDL.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _pragmas(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a committed transaction survives a killed process; only a
+    # power loss can drop the last few, and never corrupts the file.
+    conn.execute("PRAGMA synchronous=NORMAL")
