@@ -6,21 +6,25 @@ import time (only the CLI does, lazily), so `templates` can raise our errors wit
 an import cycle.
 """
 
+from llmctx.runtime.checkpointer import LlmctxSaver, VersionRow
 from llmctx.runtime.errors import (
     BudgetError,
     CheckpointStoreError,
     ConfigError,
     LlmctxError,
+    TagError,
     TemplateError,
     TemplateNotFoundError,
     ThreadNotFoundError,
     TokenizerError,
     TranscriptError,
+    UnsupportedSaverError,
+    VersionError,
     VersionNotFoundError,
     WorkspaceError,
     WorkspacePathError,
 )
-from llmctx.runtime.savers import open_saver
+from llmctx.runtime.savers import open_async_saver, open_saver
 from llmctx.runtime.settings import (
     EmbeddingSettings,
     LifecycleSettings,
@@ -28,6 +32,7 @@ from llmctx.runtime.settings import (
     MonitoringSettings,
     Settings,
 )
+from llmctx.runtime.tags import TagStore, tag_store_for
 from llmctx.runtime.tokens import (
     REPLY_PRIMING,
     TOKENS_PER_MESSAGE,
@@ -43,7 +48,23 @@ from llmctx.runtime.transcripts import (
     load_transcript,
     transcript_info,
 )
-from llmctx.runtime.versions import Version, history
+from llmctx.runtime.versions import (
+    PruneReport,
+    Version,
+    VersionDiff,
+    VersionState,
+    branch,
+    diff,
+    diff_renderable,
+    expire_threads,
+    get,
+    history,
+    prune,
+    resolve,
+    rollback,
+    tag,
+    untag,
+)
 from llmctx.runtime.workspace import FOLDERS, GcReport, HealthReport, Workspace
 
 __all__ = [
@@ -60,9 +81,13 @@ __all__ = [
     "LLMSettings",
     "LifecycleSettings",
     "LlmctxError",
+    "LlmctxSaver",
     "MonitoringSettings",
+    "PruneReport",
     "QAItem",
     "Settings",
+    "TagError",
+    "TagStore",
     "TemplateError",
     "TemplateNotFoundError",
     "ThreadNotFoundError",
@@ -71,15 +96,32 @@ __all__ = [
     "Transcript",
     "TranscriptError",
     "Turn",
+    "UnsupportedSaverError",
     "Version",
+    "VersionDiff",
+    "VersionError",
     "VersionNotFoundError",
+    "VersionRow",
+    "VersionState",
     "Workspace",
     "WorkspaceError",
     "WorkspacePathError",
     "approximate_count",
+    "branch",
     "demo_transcript_path",
+    "diff",
+    "diff_renderable",
+    "expire_threads",
+    "get",
     "history",
     "load_transcript",
+    "open_async_saver",
     "open_saver",
+    "prune",
+    "resolve",
+    "rollback",
+    "tag",
+    "tag_store_for",
     "transcript_info",
+    "untag",
 ]

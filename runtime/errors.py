@@ -15,11 +15,14 @@ __all__ = [
     "CheckpointStoreError",
     "ConfigError",
     "LlmctxError",
+    "TagError",
     "TemplateError",
     "TemplateNotFoundError",
     "ThreadNotFoundError",
     "TokenizerError",
     "TranscriptError",
+    "UnsupportedSaverError",
+    "VersionError",
     "VersionNotFoundError",
     "WorkspaceError",
     "WorkspacePathError",
@@ -70,5 +73,17 @@ class CheckpointStoreError(LlmctxError):
     """The checkpoint database is corrupt, foreign or from a newer llmctx; never reset."""
 
 
-class VersionNotFoundError(LlmctxError):
+class VersionError(LlmctxError):
+    """A version operation cannot be done (bad reference, nothing to roll back to...)."""
+
+
+class VersionNotFoundError(VersionError):
     """No version of the thread matches the id, prefix or tag (or it is ambiguous)."""
+
+
+class TagError(LlmctxError):
+    """A tag name is invalid, reserved or already used in the thread."""
+
+
+class UnsupportedSaverError(LlmctxError):
+    """The checkpoint saver cannot do what was asked (e.g. delete single checkpoints)."""
