@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
@@ -22,12 +22,23 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
-from llmctx.nodes import ContextConfig, ContextState, allocate_budget
+from llmctx.nodes import ContextConfig, ContextState, Frame, allocate_budget
 from llmctx.runtime.settings import Settings
 
 __all__ = ["build_context_graph"]
 
 Node = Callable[[ContextState, Runtime[ContextConfig]], dict[str, Any]]
+
+
+class ContextUpdate(TypedDict, total=False):
+    """What the pipeline hands back: the frame channels, never `messages`.
+
+    The pipeline only reads the history; returning it would make a parent graph
+    merge (and its checkpointer write) the whole message list again every turn.
+    """
+
+    context: Frame
+    preserved: dict[str, Frame]
 
 
 def build_context_graph(
@@ -48,7 +59,8 @@ def build_context_graph(
     are the graph's defaults; a run overrides any of them with
     `context=ContextConfig(...)`. Without `settings`, `Settings.load()` is read once
     per process.
-    When it is embedded as a node of a parent graph, leave `checkpointer` unset: the
+    Its output is `ContextUpdate` (the frame channels only). When it is embedded as a
+    node of a parent graph, leave `checkpointer` unset: the
     pipeline then runs inside one step of the parent (whose checkpoint records the
     new frame) instead of writing checkpoints of its own, which would only duplicate
     the state in the parent's saver.
@@ -61,7 +73,7 @@ def build_context_graph(
         tools=tuple(tools),
         settings=settings,
     )
-    builder = StateGraph(ContextState, context_schema=ContextConfig)
+    builder = StateGraph(ContextState, context_schema=ContextConfig, output_schema=ContextUpdate)
     builder.add_node("budget", _with_defaults(allocate_budget, defaults))
     builder.add_edge(START, "budget")
     builder.add_edge("budget", END)

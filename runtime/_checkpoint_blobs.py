@@ -11,7 +11,13 @@ cheapest correct form against the channel's latest value this process knows:
 * `zdelta` when the serde bytes can be compressed against the base's bytes (the
   frame, which changes a little every turn); a full copy every `delta_depth`
   versions bounds a read to that many decompressions.
-* `full` otherwise, and `empty` when the channel has no value.
+* `full` otherwise (linked by `extends` to the list it extends, if any); a channel
+  without a value gets no row.
+
+`append` and `full` payloads, and pending writes, may also be compressed against the
+thread's few most recent stand-alone list payloads (`Source`, `compress_against`),
+which is how one turn's copies of a message cost one. An older version of a cached
+history is served as a slice of it when the chain of links proves it a prefix.
 
 Every delta names its `base` version explicitly, so it is correct whichever branch
 of a forked thread wrote it.
@@ -23,6 +29,7 @@ import json
 import operator
 import sqlite3
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,16 +47,29 @@ __all__ = [
     "APPEND",
     "EMPTY",
     "FULL",
+    "W_PLAIN",
+    "W_PREFIX",
     "ZDELTA",
     "BlobCache",
     "BlobReader",
     "Encoded",
     "Entry",
-    "WriteDict",
+    "Source",
+    "compress_against",
     "encode",
 ]
 
 FULL, ZDELTA, APPEND, EMPTY = 0, 1, 2, 3
+# How a pending write's `value` is stored: its own serde bytes, or only the items
+# appended to the list at `base_version` of its own channel (a node that returns the
+# whole history writes it again every turn). Either may be zstd against sources.
+W_PLAIN, W_PREFIX = 0, 1
+_MIN_DICT = 64  # smaller payloads are not worth a dictionary
+
+# A compression source: a stored payload named by a JSON-able ref, and its raw bytes.
+# `["b", channel, version]` is a `blobs` row, `["w", checkpoint_id, task_id, idx]` a
+# `writes` row; the dictionary of a row is its sources' raw bytes, concatenated.
+Source = tuple[list[Any], bytes]
 _MIN_FULL = 4096  # an append chain may always grow to this many bytes
 
 
@@ -85,8 +105,9 @@ class Encoded:
     full_size: int
     summary: tuple[Any, ...]
     entry: Entry | None
-    dict_checkpoint: str | None = None
-    dict_writes: str | None = None
+    dict_refs: str | None = None
+    stored_raw: bytes | None = None  # the payload before compression (a future source)
+    extends: str | None = None  # a full list that starts with this version's items
 
     def row(self, key: tuple[str, str, str, str]) -> tuple[Any, ...]:
         return (
@@ -100,26 +121,34 @@ class Encoded:
             self.n_items,
             self.since_full,
             self.full_size,
-            self.dict_checkpoint,
-            self.dict_writes,
+            self.dict_refs,
+            self.extends,
             *self.summary,
         )
 
 
-@dataclass(frozen=True)
-class WriteDict:
-    """Pending writes used as a compression dictionary: where they are, and their bytes."""
-
-    checkpoint_id: str
-    refs: str  # JSON list of [task_id, idx], in dictionary order
-    data: bytes
-
-
 BLOB_COLUMNS = (
     "thread_id, checkpoint_ns, channel, version, kind, base, depth, type, z, data, "
-    "n_items, since_full, full_size, dict_checkpoint, dict_writes, " + ", ".join(SUMMARY_COLUMNS)
+    "n_items, since_full, full_size, dict_refs, extends, " + ", ".join(SUMMARY_COLUMNS)
 )
 _NO_SUMMARY = (None,) * len(SUMMARY_COLUMNS)
+
+
+def compress_against(raw: bytes, sources: Sequence[Source] | None) -> tuple[int, bytes, str | None]:
+    """`(z, data, dict_refs)`: `raw` compressed against `sources` when that is smaller.
+
+    The same bytes stored twice in a turn (the input message in the input channel, the
+    input write and the history's append) then cost a few dozen bytes after the first.
+    """
+    z, data = compress(raw)
+    if sources and len(raw) >= _MIN_DICT:
+        dz, ddata = compress(raw, b"".join(src for _, src in sources))
+        # Only a repeat is worth a reference: what merely shares vocabulary is stored
+        # on its own, and only such payloads become sources, so a read decompresses at
+        # most one level of sources.
+        if 2 * len(ddata) <= len(data):
+            return dz, ddata, json.dumps([ref for ref, _ in sources])
+    return z, data, None
 
 
 def encode(
@@ -131,28 +160,25 @@ def encode(
     summarize: bool,
     delta_depth: int,
     append_ratio: float,
-    write_dict: WriteDict | None = None,
+    sources: Sequence[Source] | None = None,
 ) -> Encoded:
     """Encode `value` as version `version`, as a delta against `prev` when that pays.
 
-    `write_dict` (the parent checkpoint's pending writes to this channel) lets an
-    append be compressed against the writes that carried the same items.
+    `sources` (payloads stored just before, e.g. the pending writes that carried the
+    same messages) may serve as the zstd dictionary of an `append` or `full` row.
     """
     summary = frame_summary(value) if summarize else _NO_SUMMARY
     if prev is not None and prev.version == version:
         prev = None  # never a delta against itself
+    extends = None
     if isinstance(value, list) and prev is not None and prev.items is not None:
         old = prev.items
         if len(value) >= len(old) and all(map(operator.is_, old, value)):
+            extends = prev.version
             typ, raw = serde.dumps_typed(value[len(old) :])
             since = prev.since_full + len(raw)
             if since < append_ratio * max(prev.full_size, _MIN_FULL):
-                z, data = compress(raw)
-                dict_ref: WriteDict | None = None
-                if write_dict is not None and raw:
-                    dz, ddata = compress(raw, write_dict.data)
-                    if len(ddata) < len(data):
-                        z, data, dict_ref = dz, ddata, write_dict
+                z, data, refs = compress_against(raw, sources)
                 entry = Entry(
                     version, prev.type, None, list(value), prev.depth + 1, since, prev.full_size
                 )
@@ -168,8 +194,8 @@ def encode(
                     prev.full_size,
                     summary,
                     entry,
-                    dict_ref.checkpoint_id if dict_ref else None,
-                    dict_ref.refs if dict_ref else None,
+                    refs,
+                    raw,
                 )
     typ, raw = serde.dumps_typed(value)
     items = list(value) if isinstance(value, list) else None
@@ -190,10 +216,10 @@ def encode(
                 len(raw),
                 summary,
                 entry,
+                None,
+                raw,
             )
-        z, data = plain
-    else:
-        z, data = compress(raw)
+    z, data, refs = compress_against(raw, sources)
     entry = Entry(version, typ, raw, items, 0, 0, len(raw))
     return Encoded(
         FULL,
@@ -207,6 +233,9 @@ def encode(
         len(raw),
         summary,
         entry,
+        refs,
+        raw,
+        extends,
     )
 
 
@@ -247,13 +276,13 @@ class BlobCache:
 
 _CHAIN_SQL = """
 WITH RECURSIVE chain(version, kind, base, depth, type, z, data, n_items, since_full,
-                     full_size, dict_checkpoint, dict_writes) AS (
+                     full_size, dict_refs) AS (
     SELECT version, kind, base, depth, type, z, data, n_items, since_full, full_size,
-           dict_checkpoint, dict_writes
+           dict_refs
     FROM blobs WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3 AND version = ?4
     UNION ALL
     SELECT b.version, b.kind, b.base, b.depth, b.type, b.z, b.data, b.n_items, b.since_full,
-           b.full_size, b.dict_checkpoint, b.dict_writes
+           b.full_size, b.dict_refs
     FROM blobs b JOIN chain c
     ON b.thread_id = ?1 AND b.checkpoint_ns = ?2 AND b.channel = ?3 AND b.version = c.base
 )
@@ -261,8 +290,24 @@ SELECT * FROM chain
 """
 _ALL_SQL = """
 SELECT version, kind, base, depth, type, z, data, n_items, since_full, full_size,
-       dict_checkpoint, dict_writes
+       dict_refs
 FROM blobs WHERE thread_id = ? AND checkpoint_ns = ? AND channel = ?
+"""
+
+# Walks from a list version back along "starts with the items of" links (an append's
+# base, a full copy's `extends`), stopping at the wanted version or the first break.
+_ANCESTOR_SQL = f"""
+WITH RECURSIVE chain(version, link, n_items) AS (
+    SELECT version, CASE kind WHEN {APPEND} THEN base WHEN {FULL} THEN extends END, n_items
+    FROM blobs WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3 AND version = ?4
+    UNION ALL
+    SELECT b.version, CASE b.kind WHEN {APPEND} THEN b.base WHEN {FULL} THEN b.extends END,
+           b.n_items
+    FROM blobs b JOIN chain c
+    ON b.thread_id = ?1 AND b.checkpoint_ns = ?2 AND b.channel = ?3 AND b.version = c.link
+    WHERE c.version != ?5
+)
+SELECT n_items FROM chain WHERE version = ?5
 """
 
 _Row = tuple[Any, ...]  # the columns of _CHAIN_SQL
@@ -298,8 +343,7 @@ class BlobReader:
         self._rows: dict[str, dict[str, _Row]] = {}
         self._bulk: set[str] = set()
         self._states: dict[tuple[str, str], _State | None] = {}
-        self._writes: dict[str, dict[tuple[str, str, int], bytes]] = {}
-        self._dict_queries = 0
+        self._raws: dict[tuple[Any, ...], bytes] = {}
 
     def prefetch(self, channel: str) -> None:
         """Load every row of `channel` at once (worth it before reading many versions)."""
@@ -308,13 +352,6 @@ class BlobReader:
         rows = self._rows.setdefault(channel, {})
         for row in self._conn.execute(_ALL_SQL, (self._thread, self._ns, channel)):
             rows[row[0]] = row
-        writes = self._writes.setdefault(channel, {})
-        for cid, task_id, idx, z, value in self._conn.execute(
-            "SELECT checkpoint_id, task_id, idx, z, value FROM writes WHERE thread_id = ? "
-            "AND checkpoint_ns = ? AND channel = ?",
-            (self._thread, self._ns, channel),
-        ):
-            writes[(cid, task_id, idx)] = decompress(z, value)
         self._bulk.add(channel)
 
     def values(self, versions: dict[str, Any]) -> dict[str, Any]:
@@ -332,6 +369,14 @@ class BlobReader:
         cached = self._cache.get(key)
         if cached is not None and cached.version == version:
             state: _State | None = _State(cached.type, cached.raw, cached.items)
+        elif (
+            (channel, version) not in self._states
+            and cached is not None
+            and cached.items is not None
+            and (n := self._ancestor_length(channel, cached.version, version)) is not None
+        ):
+            # An older version of the cached list: the same messages, fewer of them.
+            return True, cached.items[:n]
         else:
             state = self._state(channel, version)
         if state is None:
@@ -340,6 +385,19 @@ class BlobReader:
             return True, list(state.items)
         assert state.raw is not None
         return True, self._serde.loads_typed((state.type, state.raw))
+
+    def _ancestor_length(self, channel: str, head: str, version: str) -> int | None:
+        """How many items `version`'s list has, if `head`'s list starts with them.
+
+        True when a chain of `append` rows (and full copies that extend their
+        predecessor) leads from `head` back to `version`; `None` otherwise (another
+        branch, a rewrite, a gap), and the version is decoded the usual way.
+        """
+        if _counter(version) >= _counter(head):
+            return None
+        found = self._conn.execute(_ANCESTOR_SQL, (self._thread, self._ns, channel, head, version))
+        row = found.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def raw_bytes(self, channel: str, version: str) -> tuple[str, bytes] | None:
         """The serde `(type, bytes)` of a version (re-serialized for append chains)."""
@@ -402,51 +460,91 @@ class BlobReader:
         final = self._states[(channel, version)]
         if final is not None:
             head = pending[0] if pending else None
-            if head is not None:
+            known = self._cache.get((self._thread, self._ns, channel))
+            # Reading an older version must not displace the newer base of the next
+            # delta (whose items the graph still holds); a newer one becomes it.
+            if head is not None and (known is None or _counter(known.version) < _counter(version)):
                 self._cache.set(
                     (self._thread, self._ns, channel),
                     Entry(version, final.type, final.raw, final.items, head[3], head[8], head[9]),
                 )
         return final
 
-    def write_dict(self, channel: str, checkpoint_id: str, refs: str) -> bytes:
-        """The dictionary an append row was compressed with: its writes' bytes, in order."""
-        keys = [(checkpoint_id, str(t), int(i)) for t, i in json.loads(refs)]
-        known = self._writes.setdefault(channel, {})
-        if channel not in self._bulk and any(k not in known for k in keys):
-            self._dict_queries += 1
-            if self._dict_queries > 16:  # a long chain: one query for all its writes
-                self.prefetch(channel)
-        if channel not in self._bulk and any(k not in known for k in keys):
-            for task_id, idx, z, value in self._conn.execute(
-                "SELECT task_id, idx, z, value FROM writes WHERE thread_id = ? AND "
-                "checkpoint_ns = ? AND checkpoint_id = ? AND channel = ?",
-                (self._thread, self._ns, checkpoint_id, channel),
-            ):
-                known[(checkpoint_id, task_id, idx)] = decompress(z, value)
-        try:
-            return b"".join(known[k] for k in keys)
-        except KeyError as exc:
-            raise LookupError(
-                f"checkpoint store is missing pending write {exc.args[0]!r} that a value "
-                f"of channel {channel!r} was compressed with (thread {self._thread!r})"
-            ) from None
+    def source_raw(self, ref: Sequence[Any]) -> bytes:
+        """The raw payload of a stored row named by a source ref (see `Source`)."""
+        key = tuple(ref)
+        if key in self._raws:
+            return self._raws[key]
+        if key[0] == "b":
+            row = self._row(str(key[1]), str(key[2]))
+            if row is None:
+                raise LookupError(
+                    f"checkpoint store is missing version {key[2]!r} of channel {key[1]!r} "
+                    f"that another value was compressed with (thread {self._thread!r})"
+                )
+            raw = self.stored_raw(str(key[1]), row)
+        else:
+            found = self._conn.execute(
+                "SELECT z, value, dict_refs FROM writes WHERE thread_id = ? AND "
+                "checkpoint_ns = ? AND checkpoint_id = ? AND task_id = ? AND idx = ?",
+                (self._thread, self._ns, *key[1:]),
+            ).fetchone()
+            if found is None:
+                raise LookupError(
+                    f"checkpoint store is missing pending write {list(key[1:])!r} that a "
+                    f"value was compressed with (thread {self._thread!r})"
+                )
+            raw = self.write_raw(*found)
+        self._raws[key] = raw
+        return raw
 
-    def stored_bytes(self, channel: str, row: _Row) -> bytes:
-        """A row's `data` decompressed (its own bytes, not the materialized value)."""
+    def dict_bytes(self, refs: str) -> bytes:
+        """The zstd dictionary named by a `dict_refs` column."""
+        return b"".join(self.source_raw(ref) for ref in json.loads(refs))
+
+    def stored_raw(self, channel: str, row: _Row) -> bytes:
+        """A `blobs` row's payload before compression (appended items, or full bytes)."""
         _, kind, _, _, _, z, data, *_ = row
-        if z == Z_DICT and kind == APPEND:
-            return decompress(z, data, self.write_dict(channel, row[10], row[11]))
-        raise ValueError("only dictionary-compressed append rows need this")
+        if kind == ZDELTA:
+            state = self._state(channel, row[0])
+            assert state is not None and state.raw is not None
+            return state.raw
+        return self.write_raw(z, data, row[10])
 
-    def _append_raw(self, channel: str, row: _Row) -> bytes:
-        _, _, _, _, _, z, data, *_ = row
+    def write_raw(self, z: int, data: bytes, dict_refs: str | None) -> bytes:
+        """A payload's raw bytes from its stored `z`, `data` and `dict_refs`."""
         if z == Z_DICT:
-            return decompress(z, data, self.write_dict(channel, row[10], row[11]))
+            assert dict_refs is not None
+            return decompress(z, data, self.dict_bytes(dict_refs))
         return decompress(z, data)
 
+    def write_value(
+        self,
+        channel: str,
+        kind: int,
+        typ: str,
+        z: int,
+        data: bytes,
+        base_version: str | None,
+        dict_refs: str | None,
+        prefix_items: int | None = None,
+    ) -> Any:
+        """A stored pending write's value (a `W_PREFIX` one: the base's first
+        `prefix_items` items, all when `None`, then its own)."""
+        value = self._serde.loads_typed((typ, self.write_raw(z, data, dict_refs)))
+        if kind != W_PREFIX:
+            return value
+        assert base_version is not None
+        found, prefix = self.value(channel, base_version)
+        if not found or not isinstance(prefix, list):
+            raise LookupError(
+                f"checkpoint store is missing version {base_version!r} of channel {channel!r} "
+                f"that a pending write extends (thread {self._thread!r})"
+            )
+        return [*(prefix if prefix_items is None else prefix[:prefix_items]), *value]
+
     def _apply_appends(self, channel: str, rows: list[_Row], base: _State) -> _State:
-        raws = [self._append_raw(channel, row) for row in rows]
+        raws = [self.write_raw(row[5], row[6], row[10]) for row in rows]
         combined = _concat_msgpack_arrays(raws) if all(r[4] == "msgpack" for r in rows) else None
         if combined is not None:
             new = self._serde.loads_typed(("msgpack", combined))
@@ -467,7 +565,7 @@ class BlobReader:
         if kind == EMPTY:
             return None
         if kind == FULL:
-            raw = decompress(z, data)
+            raw = self.write_raw(z, data, row[10])
             items = None
             if typ == "msgpack" and row[7] is not None:
                 items = self._serde.loads_typed((typ, raw))
@@ -481,6 +579,12 @@ class BlobReader:
             items = self._serde.loads_typed((typ, raw)) if row[7] is not None else None
             return _State(typ, raw, items)
         return self._apply_appends(channel, [row], base)
+
+
+def _counter(version: str) -> int:
+    """The counter part of a channel version (`0000000012.ab..` -> 12), else 0."""
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def _concat_msgpack_arrays(raws: list[bytes]) -> bytes | None:

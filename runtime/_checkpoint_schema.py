@@ -1,6 +1,6 @@
 """The on-disk layout of `LlmctxSaver`, and opening a file safely.
 
-One SQLite file (WAL mode) holds three tables:
+One SQLite file (WAL mode) holds three tables (schema 2):
 
 * `checkpoints`: one row per checkpoint. The checkpoint itself minus its channel
   values (`body`, serde-typed, zstd when large), the metadata as JSON (for
@@ -8,17 +8,23 @@ One SQLite file (WAL mode) holds three tables:
   `source`, `run_id`, and `summary_version` (the version of the summary channel,
   `context`, that this checkpoint sees).
 * `blobs`: one row per (thread, namespace, channel, version): a channel's value
-  is written only when its version changes. `kind` says how to read `data`:
-  `full` (the serde bytes), `zdelta` (zstd with the `base` version's serde bytes as
-  a raw-content dictionary), `append` (the items appended to the `base` version's
-  list) or `empty` (the channel has no value). An `append` row may be compressed
-  against the pending writes it came from (`dict_checkpoint`, and `dict_writes`:
-  the exact `[task_id, idx]` rows, in order), which hold the same messages, so a
-  message is stored about once; those rows are re-compressed on their own before
-  the writes are deleted. `base` names the exact version a
-  delta was computed from, so forks and out-of-order reads stay correct. Rows of
-  the summary channel also carry the version summary columns (`op`, `turn`, ...).
-* `writes`: the pending writes of each checkpoint, like every LangGraph saver.
+  is written only when its version changes, and a version without a value has no
+  row. `kind` says how to read `data`: `full` (the serde bytes), `zdelta` (zstd with
+  the `base` version's serde bytes as a raw-content dictionary) or `append` (the
+  items appended to the `base` version's list). `base` names the exact version a
+  delta was computed from, so forks and out-of-order reads stay correct; `extends`
+  links a full copy of a list to the version whose items it starts with, so an older
+  version of a history can be served as a prefix of a newer one. Rows of the summary
+  channel also carry the version summary columns (`op`, `turn`, ...).
+* `writes`: the pending writes of each checkpoint. A list write that repeats the
+  channel's stored list (`kind` 1) keeps only the items after the first
+  `prefix_items` (all when NULL) of `base_version`.
+
+Any `full`/`append` payload or write may be zstd-compressed (`z` = 2) against
+`dict_refs`: a JSON list of the rows whose raw payloads, concatenated, form the
+dictionary (`["b", channel, version]` or `["w", checkpoint_id, task_id, idx]`), so
+the several copies LangGraph makes of a message in one turn are stored about once.
+A row used so is re-compressed on its own before its source is deleted or rewritten.
 
 `PRAGMA application_id` marks the file as ours and `PRAGMA user_version` holds the
 schema version, so a foreign, corrupt or newer file is refused with a clear error
@@ -41,7 +47,7 @@ __all__ = [
 
 # "llmc" in ASCII: tells our files apart from any other SQLite database.
 APPLICATION_ID = 0x6C6C6D63
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _DDL = """
@@ -77,8 +83,8 @@ CREATE TABLE blobs (
     n_items INTEGER,
     since_full INTEGER NOT NULL DEFAULT 0,
     full_size INTEGER NOT NULL DEFAULT 0,
-    dict_checkpoint TEXT,
-    dict_writes TEXT,
+    dict_refs TEXT,
+    extends TEXT,
     op TEXT,
     reason TEXT,
     template TEXT,
@@ -89,10 +95,6 @@ CREATE TABLE blobs (
     tokens_exact INTEGER,
     PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
 ) WITHOUT ROWID;
-CREATE INDEX blobs_base ON blobs (thread_id, checkpoint_ns, channel, base)
-    WHERE base IS NOT NULL;
-CREATE INDEX blobs_dict ON blobs (thread_id, checkpoint_ns, dict_checkpoint)
-    WHERE dict_checkpoint IS NOT NULL;
 
 CREATE TABLE writes (
     thread_id TEXT NOT NULL,
@@ -105,6 +107,10 @@ CREATE TABLE writes (
     type TEXT,
     z INTEGER NOT NULL DEFAULT 0,
     value BLOB,
+    kind INTEGER NOT NULL DEFAULT 0,
+    base_version TEXT,
+    prefix_items INTEGER,
+    dict_refs TEXT,
     PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
 ) WITHOUT ROWID;
 """
@@ -151,7 +157,13 @@ def _check_or_create(conn: sqlite3.Connection, path: Path) -> None:
                 f"written by a newer llmctx (schema {version}, this one reads up to "
                 f"{SCHEMA_VERSION}); upgrade llmctx",
             )
-        if version < 1 or not {"checkpoints", "blobs", "writes"} <= tables:
+        if version < SCHEMA_VERSION:
+            raise _refuse(
+                path,
+                f"written by an older llmctx (schema {version}, this one reads schema "
+                f"{SCHEMA_VERSION} only); its layout cannot be read",
+            )
+        if not {"checkpoints", "blobs", "writes"} <= tables:
             raise _refuse(path, f"llmctx store with missing tables (schema {version})")
         _pragmas(conn)
         return
@@ -184,3 +196,7 @@ def _pragmas(conn: sqlite3.Connection) -> None:
     # NORMAL in WAL mode: a committed transaction survives a killed process; only a
     # power loss can drop the last few, and never corrupts the file.
     conn.execute("PRAGMA synchronous=NORMAL")
+    # Checkpoint the WAL every ~400 KB and shrink it back afterwards, so the log never
+    # holds more than a fraction of the store (the default lets it grow to 4 MB+).
+    conn.execute("PRAGMA wal_autocheckpoint=100")
+    conn.execute("PRAGMA journal_size_limit=65536")

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import random
 import sqlite3
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -58,12 +59,17 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from llmctx.runtime._checkpoint_blobs import (
+    APPEND,
     BLOB_COLUMNS,
     EMPTY,
+    FULL,
+    W_PLAIN,
+    W_PREFIX,
     BlobCache,
     BlobReader,
     Encoded,
-    WriteDict,
+    Source,
+    compress_against,
     empty,
     encode,
 )
@@ -82,8 +88,16 @@ _CHECKPOINT_COLUMNS = (
     "run_id, summary_version, type, z, body, metadata"
 )
 _WRITE_COLUMNS = (
-    "thread_id, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, z, value"
+    "thread_id, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, z, value, "
+    "kind, base_version, dict_refs, prefix_items"
 )
+_WRITE_VALUE_COLUMNS = "kind, type, z, value, base_version, dict_refs, prefix_items"
+_INPUT_CHANNEL = "__start__"  # holds a run's input messages
+# The last few list payloads (and inputs) stored per thread serve as the compression
+# dictionary of the next ones: a message is stored once in full per turn.
+_RECENT_COUNT = 4
+_RECENT_BYTES = 32_768
+_MIN_RECENT = 64
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,12 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         self._conn: sqlite3.Connection | None = connect(self.path)
         self._lock = threading.RLock()
         self._cache = BlobCache()
+        self._recent: dict[tuple[str, str], deque[Source]] = {}
+        # True inside a write when no other connection committed since our last write:
+        # then what this process cached (bases, recent sources) is known to be in the
+        # file and needs no lookup (`PRAGMA data_version` tells).
+        self._trusted = False
+        self._data_version: int | None = None
 
     @classmethod
     def from_path(cls, path: str | Path, **options: Any) -> LlmctxSaver:
@@ -171,6 +191,7 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
                 self._conn.close()
                 self._conn = None
                 self._cache.clear()
+                self._recent.clear()
 
     def __enter__(self) -> LlmctxSaver:
         return self
@@ -201,10 +222,16 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
+                seen = conn.execute("PRAGMA data_version").fetchone()[0]
+                self._trusted = seen == self._data_version
+                self._data_version = seen
                 yield conn
             except BaseException:
+                self._trusted = False
                 conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._trusted = False
             conn.execute("COMMIT")
 
     @contextmanager
@@ -270,21 +297,43 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
                 (ch, str(ver), self._encode(conn, thread_id, ns, parent_id, ch, str(ver), values))
                 for ch, ver in new_versions.items()
             ]
+            existing = _existing_versions(conn, thread_id, ns, [(c, v) for c, v, _ in encoded])
             checked = [
-                (ch, ver, self._check_blob(conn, thread_id, ns, parent_id, ch, ver, enc, values))
+                (
+                    ch,
+                    ver,
+                    self._check_blob(conn, thread_id, ns, parent_id, ch, ver, enc, values)
+                    if (ch, ver) in existing or not self._trusted
+                    else enc,
+                )
                 for ch, ver, enc in encoded
             ]
+            # A channel without a value gets no row: a missing version reads as empty.
+            stored = [(ch, ver, enc) for ch, ver, enc in checked if enc.kind != EMPTY]
             conn.executemany(
-                _BLOB_INSERT, [enc.row((thread_id, ns, ch, ver)) for ch, ver, enc in checked]
+                _BLOB_INSERT, [enc.row((thread_id, ns, ch, v)) for ch, v, enc in stored]
             )
+            if emptied := [(thread_id, ns, c, v) for c, v, e in checked if e.kind == EMPTY]:
+                conn.executemany(
+                    "DELETE FROM blobs WHERE thread_id = ? AND checkpoint_ns = ? AND channel = ? "
+                    "AND version = ?",
+                    emptied,
+                )
             conn.execute(
                 f"INSERT OR REPLACE INTO checkpoints ({_CHECKPOINT_COLUMNS}) "
                 f"VALUES ({', '.join('?' * 13)})",
                 row,
             )
         with self._lock:
-            for ch, _, enc in checked:
+            for ch, ver, enc in checked:
                 self._cache.set((thread_id, ns, ch), enc.entry)
+                if (
+                    enc.kind in (FULL, APPEND)
+                    and enc.dict_refs is None
+                    and enc.stored_raw is not None
+                    and _recent_worthy(ch, values)
+                ):
+                    self._remember(thread_id, ns, ["b", ch, ver], enc.stored_raw)
         return {
             "configurable": {
                 "thread_id": thread_id,
@@ -307,9 +356,7 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             return empty()
         value = values[channel]
         prev = self._cache.get((thread_id, ns, channel))
-        write_dict = None
-        if parent_id and isinstance(value, list) and prev is not None and prev.items is not None:
-            write_dict = _parent_writes(conn, thread_id, ns, parent_id, channel)
+        sources = self._sources(conn, thread_id, ns) if _recent_worthy(channel, values) else None
         return encode(
             self.serde,
             version,
@@ -318,8 +365,45 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             summarize=channel == self.summary_channel,
             delta_depth=self.delta_depth,
             append_ratio=self.append_ratio,
-            write_dict=write_dict,
+            sources=sources,
         )
+
+    def _stored(
+        self, conn: sqlite3.Connection, thread_id: str, ns: str, channel: str, version: str
+    ) -> bool:
+        """Whether a version this process cached is still in the file."""
+        return self._trusted or _blob_exists(conn, thread_id, ns, channel, version)
+
+    def _forget(self, thread_id: str) -> None:
+        """Drop what this process cached about a thread (after deleting from it)."""
+        self._cache.drop_thread(thread_id)
+        for key in [k for k in self._recent if k[0] == thread_id]:
+            del self._recent[key]
+
+    def _remember(self, thread_id: str, ns: str, ref: list[Any], raw: bytes) -> None:
+        """Keep a just committed payload as a compression source of the next ones."""
+        if len(raw) < _MIN_RECENT:
+            return
+        recent = self._recent.setdefault((thread_id, ns), deque())
+        recent.append((ref, raw))
+        while len(recent) > _RECENT_COUNT or (
+            len(recent) > 1 and sum(len(r) for _, r in recent) > _RECENT_BYTES
+        ):
+            recent.popleft()
+        if len(self._recent) > 512:  # forget the least recently written thread
+            self._recent.pop(next(iter(self._recent)))
+
+    def _sources(self, conn: sqlite3.Connection, thread_id: str, ns: str) -> list[Source]:
+        """The recent payloads of a thread that are still in the file."""
+        recent = self._recent.get((thread_id, ns))
+        if not recent:
+            return []
+        if self._trusted:
+            return list(recent)
+        alive = [src for src in recent if _source_exists(conn, thread_id, ns, src[0])]
+        if len(alive) < len(recent):
+            self._recent[(thread_id, ns)] = deque(alive)
+        return alive
 
     def _check_blob(
         self,
@@ -342,8 +426,59 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             self._cache.set(key, None)
             enc = self._encode(conn, thread_id, ns, parent_id, channel, version, values)
         if _blob_exists(conn, thread_id, ns, channel, version):
+            # Everything whose stored payload changes below stops being a source first.
+            changing = {("b", channel, version)}
+            changing.update(
+                ("b", channel, r[0])
+                for r in conn.execute(
+                    "SELECT version FROM blobs WHERE thread_id = ? AND checkpoint_ns = ? "
+                    "AND channel = ? AND base = ?",
+                    (thread_id, ns, channel, version),
+                )
+            )
+            changing.update(
+                ("w", *r)
+                for r in conn.execute(
+                    "SELECT checkpoint_id, task_id, idx FROM writes WHERE thread_id = ? "
+                    "AND checkpoint_ns = ? AND channel = ? AND base_version = ?",
+                    (thread_id, ns, channel, version),
+                )
+            )
+            self._detach(conn, thread_id, ns, changing)
             self._rematerialize_dependents(conn, thread_id, ns, channel, version)
+            self._rematerialize_writes(conn, thread_id, ns, channel, version)
+            conn.execute(
+                "UPDATE blobs SET extends = NULL WHERE thread_id = ? AND checkpoint_ns = ? "
+                "AND channel = ? AND extends = ?",
+                (thread_id, ns, channel, version),
+            )
+            self._recent.pop((thread_id, ns), None)
         return enc
+
+    def _rematerialize_writes(
+        self, conn: sqlite3.Connection, thread_id: str, ns: str, channel: str, version: str
+    ) -> None:
+        """Store on their own the pending writes built on a version about to be replaced."""
+        rows = conn.execute(
+            "SELECT checkpoint_id, task_id, idx, channel, kind, type, z, value, base_version, "
+            "dict_refs, prefix_items FROM writes WHERE thread_id = ? AND checkpoint_ns = ? "
+            "AND channel = ? AND base_version = ?",
+            (thread_id, ns, channel, version),
+        ).fetchall()
+        if not rows:
+            return
+        reader = BlobReader(conn, self.serde, BlobCache(0), thread_id, ns)
+        updates = []
+        for cid, task_id, idx, ch, *stored in rows:
+            typ, raw = self.serde.dumps_typed(reader.write_value(ch, *stored))
+            z, data = compress(raw)
+            updates.append((typ, z, data, thread_id, ns, cid, task_id, idx))
+        conn.executemany(
+            f"UPDATE writes SET kind = {W_PLAIN}, type = ?, z = ?, value = ?, dict_refs = NULL, "
+            "base_version = NULL, prefix_items = NULL WHERE thread_id = ? AND checkpoint_ns = ? "
+            "AND checkpoint_id = ? AND task_id = ? AND idx = ?",
+            updates,
+        )
 
     def _rematerialize_dependents(
         self, conn: sqlite3.Connection, thread_id: str, ns: str, channel: str, version: str
@@ -382,12 +517,12 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             )
         conn.executemany(
             "UPDATE blobs SET kind = 0, base = NULL, depth = 0, type = ?, z = ?, data = ?, "
-            "n_items = ?, since_full = 0, full_size = ?, dict_checkpoint = NULL, "
-            "dict_writes = NULL WHERE thread_id = ? AND "
+            "n_items = ?, since_full = 0, full_size = ?, dict_refs = NULL "
+            "WHERE thread_id = ? AND "
             "checkpoint_ns = ? AND channel = ? AND version = ?",
             rows,
         )
-        self._cache.drop_thread(thread_id)
+        self._forget(thread_id)
 
     def put_writes(
         self,
@@ -401,31 +536,81 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         thread_id = str(conf["thread_id"])
         ns = conf.get("checkpoint_ns", "") or ""
         checkpoint_id = conf["checkpoint_id"]
-        rows = []
-        for idx, (channel, value) in enumerate(writes):
-            typ, raw = self.serde.dumps_typed(value)
-            z, data = compress(raw)
-            rows.append(
-                (
-                    thread_id,
-                    ns,
-                    checkpoint_id,
-                    task_id,
-                    WRITES_IDX_MAP.get(channel, idx),
-                    task_path,
-                    channel,
-                    typ,
-                    z,
-                    data,
-                )
-            )
         # Special writes (errors, interrupts) replace; regular ones are write-once.
-        verb = "REPLACE" if all(w[0] in WRITES_IDX_MAP for w in writes) else "IGNORE"
+        replace = all(w[0] in WRITES_IDX_MAP for w in writes)
         with self._write() as conn:
+            existing = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT idx FROM writes WHERE thread_id = ? AND checkpoint_ns = ? "
+                    "AND checkpoint_id = ? AND task_id = ?",
+                    (thread_id, ns, checkpoint_id, task_id),
+                )
+            }
+            rows = []
+            remembered: list[tuple[list[Any], bytes]] = []
+            for i, (channel, value) in enumerate(writes):
+                idx = WRITES_IDX_MAP.get(channel, i)
+                if idx in existing and not replace:
+                    continue
+                encoded, raw = self._encode_write(conn, thread_id, ns, channel, value)
+                rows.append(
+                    (thread_id, ns, checkpoint_id, task_id, idx, task_path, channel, *encoded)
+                )
+                if raw is not None and encoded[5] is None:
+                    remembered.append((["w", checkpoint_id, task_id, idx], raw))
+            if replace and existing:
+                self._detach(
+                    conn, thread_id, ns, {("w", checkpoint_id, task_id, r[4]) for r in rows}
+                )
             conn.executemany(
-                f"INSERT OR {verb} INTO writes ({_WRITE_COLUMNS}) VALUES ({', '.join('?' * 10)})",
+                f"INSERT OR REPLACE INTO writes ({_WRITE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
                 rows,
             )
+        with self._lock:
+            for ref, raw in remembered:
+                self._remember(thread_id, ns, ref, raw)
+
+    def _encode_write(
+        self, conn: sqlite3.Connection, thread_id: str, ns: str, channel: str, value: Any
+    ) -> tuple[tuple[str, int, bytes, int, str | None, str | None, int | None], bytes | None]:
+        """`((type, z, value, kind, base_version, dict_refs, prefix_items), source)`.
+
+        A list that shares its first items (identical objects: the whole history
+        returned again by a node) with the channel's latest stored list stores only
+        the rest (`W_PREFIX`, with how many of the base's items it starts with).
+        A list is compressed against the thread's recent payloads, another value
+        against its channel's latest value. `source` is the payload a later value may
+        be compressed against (lists only), or `None`.
+        """
+        prev = self._cache.get((thread_id, ns, channel))
+        if type(value) is list:
+            sources = self._sources(conn, thread_id, ns)
+            shared = _shared_prefix(prev.items, value) if prev and prev.items else 0
+            if (
+                shared
+                and 2 * shared >= len(value)
+                and self._stored(conn, thread_id, ns, channel, prev.version)
+            ):
+                assert prev is not None and prev.items is not None
+                typ, raw = self.serde.dumps_typed(value[shared:])
+                z, data, refs = compress_against(raw, sources)
+                count = None if shared == len(prev.items) else shared
+                return (typ, z, data, W_PREFIX, prev.version, refs, count), raw
+            typ, raw = self.serde.dumps_typed(value)
+            z, data, refs = compress_against(raw, sources)
+            return (typ, z, data, W_PLAIN, None, refs, None), raw
+        typ, raw = self.serde.dumps_typed(value)
+        own: list[Source] = []
+        if (
+            prev is not None
+            and prev.raw is not None
+            and prev.items is None
+            and self._stored(conn, thread_id, ns, channel, prev.version)
+        ):
+            own = [(["b", channel, prev.version], prev.raw)]
+        z, data, refs = compress_against(raw, own)
+        return (typ, z, data, W_PLAIN, None, refs, None), None
 
     # -- read ----------------------------------------------------------------------
 
@@ -451,7 +636,7 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             if row is None:
                 return None
             reader = BlobReader(conn, self.serde, self._cache, thread_id, ns)
-            writes = self._writes(conn, thread_id, ns, [row[2]])
+            writes = self._writes(conn, reader, thread_id, ns, [row[2]])
             return self._tuple(row, reader, writes.get(row[2], []))
 
     def list(
@@ -520,7 +705,7 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
                 if len(group) > 4:
                     for channel in self._channels(conn, thread_id, ns):
                         reader.prefetch(channel)
-                writes = self._writes(conn, thread_id, ns, [r[2] for r in group])
+                writes = self._writes(conn, reader, thread_id, ns, [r[2] for r in group])
                 # Oldest first, so each version's delta finds its base decoded.
                 for row in reversed(group):
                     tuples[(thread_id, ns, row[2])] = self._tuple(
@@ -573,7 +758,12 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         )
 
     def _writes(
-        self, conn: sqlite3.Connection, thread_id: str, ns: str, checkpoint_ids: list[str]
+        self,
+        conn: sqlite3.Connection,
+        reader: BlobReader,
+        thread_id: str,
+        ns: str,
+        checkpoint_ids: list[str],
     ) -> dict[str, list[PendingWrite]]:
         """Pending writes by checkpoint, each list in `writes_sort_key` order."""
         out: dict[str, list[PendingWrite]] = {cid: [] for cid in checkpoint_ids}
@@ -584,13 +774,13 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
                 "checkpoint_id IN (SELECT value FROM json_each(?))",
                 [json.dumps(checkpoint_ids)],
             )
-        for cid, task_id, channel, typ, z, value in conn.execute(
-            "SELECT checkpoint_id, task_id, channel, type, z, value FROM writes "
+        for cid, task_id, channel, kind, *stored in conn.execute(
+            f"SELECT checkpoint_id, task_id, channel, {_WRITE_VALUE_COLUMNS} FROM writes "
             f"WHERE thread_id = ? AND checkpoint_ns = ? AND {match} "
             "ORDER BY checkpoint_id, task_path, task_id, idx",
             [thread_id, ns, *params],
         ):
-            out[cid].append((task_id, channel, self.serde.loads_typed((typ, decompress(z, value)))))
+            out[cid].append((task_id, channel, reader.write_value(channel, kind, *stored)))
         return out
 
     def list_versions(
@@ -705,14 +895,14 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
                 body = self.serde.loads_typed((row[1], decompress(row[2], row[3])))
                 versions = body.get("channel_versions", {})
                 step_writes: dict[str, list[PendingWrite]] = defaultdict(list)
-                for task_id, channel, typ, z, value in conn.execute(
-                    "SELECT task_id, channel, type, z, value FROM writes WHERE thread_id = ? "
-                    f"AND checkpoint_ns = ? AND checkpoint_id = ? AND channel IN ({marks}) "
-                    "ORDER BY task_path, task_id, idx",
+                for task_id, channel, *stored in conn.execute(
+                    f"SELECT task_id, channel, {_WRITE_VALUE_COLUMNS} FROM writes "
+                    "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ? "
+                    f"AND channel IN ({marks}) ORDER BY task_path, task_id, idx",
                     (thread_id, ns, cursor, *channels),
                 ):
                     if channel in remaining:
-                        value = self.serde.loads_typed((typ, decompress(z, value)))
+                        value = reader.write_value(channel, *stored)
                         step_writes[channel].append((task_id, channel, value))
                 for channel in list(remaining):
                     collected[channel].extend(reversed(step_writes.get(channel, [])))
@@ -738,7 +928,7 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         with self._write() as conn:
             for table in ("checkpoints", "blobs", "writes"):
                 conn.execute(f"DELETE FROM {table} WHERE thread_id = ?", (thread_id,))
-            self._cache.drop_thread(thread_id)
+            self._forget(thread_id)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (and their writes) that the given runs created.
@@ -800,7 +990,7 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
                     f"SELECT ?, {rest} FROM {table} WHERE thread_id = ?",
                     (dst, src),
                 )
-            self._cache.drop_thread(dst)
+            self._forget(dst)
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Prune threads: `"keep_latest"` keeps each namespace's latest checkpoint.
@@ -912,7 +1102,18 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             ).fetchall()
         )
         ids = json.dumps(sorted(doomed))
-        self._detach_write_dicts(conn, thread_id, ns, ids)
+        garbage = self._garbage_blobs(conn, thread_id, ns, ids)
+        # Payloads compressed against what goes are re-compressed on their own first.
+        gone: set[tuple[Any, ...]] = {("b", ch, ver) for _, _, ch, ver in garbage}
+        gone.update(
+            ("w", *r)
+            for r in conn.execute(
+                "SELECT checkpoint_id, task_id, idx FROM writes WHERE thread_id = ? AND "
+                "checkpoint_ns = ? AND checkpoint_id IN (SELECT value FROM json_each(?))",
+                (thread_id, ns, ids),
+            )
+        )
+        self._detach(conn, thread_id, ns, gone)
         for table in ("writes", "checkpoints"):
             conn.execute(
                 f"DELETE FROM {table} WHERE thread_id = ? AND checkpoint_ns = ? "
@@ -932,43 +1133,85 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             "AND checkpoint_ns = ? AND checkpoint_id = ?",
             updates,
         )
-        self._collect_blobs(conn, thread_id, ns)
-        self._cache.drop_thread(thread_id)
+        conn.executemany(
+            "DELETE FROM blobs WHERE thread_id = ? AND checkpoint_ns = ? AND channel = ? "
+            "AND version = ?",
+            garbage,
+        )
+        self._forget(thread_id)
 
-    def _detach_write_dicts(
-        self, conn: sqlite3.Connection, thread_id: str, ns: str, checkpoint_ids: str
+    def _detach(
+        self, conn: sqlite3.Connection, thread_id: str, ns: str, doomed: set[tuple[Any, ...]]
     ) -> None:
-        """Re-compress on their own the values compressed against writes about to go."""
-        rows = conn.execute(
-            "SELECT version, kind, base, depth, type, z, data, n_items, since_full, full_size, "
-            "dict_checkpoint, dict_writes, channel FROM blobs WHERE thread_id = ? AND "
-            "checkpoint_ns = ? AND dict_checkpoint IN (SELECT value FROM json_each(?))",
-            (thread_id, ns, checkpoint_ids),
-        ).fetchall()
-        if not rows:
+        """Re-compress on their own the payloads compressed against `doomed` sources.
+
+        Called before those sources are deleted or change their stored bytes, so each
+        dependent's raw bytes can still be rebuilt.
+        """
+        if not doomed:
             return
         reader = BlobReader(conn, self.serde, BlobCache(0), thread_id, ns)
-        updates = []
-        for row in rows:
-            z, data = compress(reader.stored_bytes(row[12], row[:12]))
-            updates.append((z, data, thread_id, ns, row[12], row[0]))
+        blob_updates = []
+        for channel, version, z, data, refs in conn.execute(
+            "SELECT channel, version, z, data, dict_refs FROM blobs WHERE thread_id = ? "
+            "AND checkpoint_ns = ? AND dict_refs IS NOT NULL",
+            (thread_id, ns),
+        ).fetchall():
+            if ("b", channel, version) in doomed or not _refs_hit(refs, doomed):
+                continue
+            blob_updates.append(
+                (*compress(reader.write_raw(z, data, refs)), thread_id, ns, channel, version)
+            )
+        write_updates = []
+        for cid, task_id, idx, z, data, refs in conn.execute(
+            "SELECT checkpoint_id, task_id, idx, z, value, dict_refs FROM writes "
+            "WHERE thread_id = ? AND checkpoint_ns = ? AND dict_refs IS NOT NULL",
+            (thread_id, ns),
+        ).fetchall():
+            if ("w", cid, task_id, idx) in doomed or not _refs_hit(refs, doomed):
+                continue
+            write_updates.append(
+                (*compress(reader.write_raw(z, data, refs)), thread_id, ns, cid, task_id, idx)
+            )
         conn.executemany(
-            "UPDATE blobs SET z = ?, data = ?, dict_checkpoint = NULL, dict_writes = NULL "
-            "WHERE thread_id = ? AND checkpoint_ns = ? AND channel = ? AND version = ?",
-            updates,
+            "UPDATE blobs SET z = ?, data = ?, dict_refs = NULL WHERE thread_id = ? "
+            "AND checkpoint_ns = ? AND channel = ? AND version = ?",
+            blob_updates,
         )
+        conn.executemany(
+            "UPDATE writes SET z = ?, value = ?, dict_refs = NULL WHERE thread_id = ? "
+            "AND checkpoint_ns = ? AND checkpoint_id = ? AND task_id = ? AND idx = ?",
+            write_updates,
+        )
+        self._recent.pop((thread_id, ns), None)
 
-    def _collect_blobs(self, conn: sqlite3.Connection, thread_id: str, ns: str) -> None:
-        """Delete the values no checkpoint refers to, keeping every base still needed."""
+    def _garbage_blobs(
+        self, conn: sqlite3.Connection, thread_id: str, ns: str, doomed_ids: str
+    ) -> list[tuple[str, str, str, str]]:
+        """The values nothing will refer to once the `doomed_ids` checkpoints are gone.
+
+        Kept: every value a surviving checkpoint or pending write refers to, and the
+        delta bases behind them.
+        """
         live: set[tuple[str, str]] = set()
         for typ, z, body in conn.execute(
-            "SELECT type, z, body FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ?",
-            (thread_id, ns),
+            "SELECT type, z, body FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? "
+            "AND checkpoint_id NOT IN (SELECT value FROM json_each(?))",
+            (thread_id, ns, doomed_ids),
         ):
             versions = self.serde.loads_typed((typ, decompress(z, body))).get(
                 "channel_versions", {}
             )
             live.update((ch, str(v)) for ch, v in versions.items())
+        # Pending writes stored against a value keep it (and its bases) alive.
+        live.update(
+            conn.execute(
+                "SELECT channel, base_version FROM writes WHERE thread_id = ? "
+                "AND checkpoint_ns = ? AND base_version IS NOT NULL "
+                "AND checkpoint_id NOT IN (SELECT value FROM json_each(?))",
+                (thread_id, ns, doomed_ids),
+            ).fetchall()
+        )
         bases = {
             (ch, ver): base
             for ch, ver, base in conn.execute(
@@ -985,12 +1228,7 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
                 if base is None:
                     break
                 key = (key[0], base)
-        garbage = [(thread_id, ns, ch, ver) for ch, ver in bases if (ch, ver) not in keep]
-        conn.executemany(
-            "DELETE FROM blobs WHERE thread_id = ? AND checkpoint_ns = ? AND channel = ? "
-            "AND version = ?",
-            garbage,
-        )
+        return [(thread_id, ns, ch, ver) for ch, ver in bases if (ch, ver) not in keep]
 
     # -- async -----------------------------------------------------------------------
 
@@ -1084,22 +1322,51 @@ def _blob_kind(
     return None if row is None else int(row[0])
 
 
-def _parent_writes(
-    conn: sqlite3.Connection, thread_id: str, ns: str, parent_id: str, channel: str
-) -> WriteDict | None:
-    """The parent's regular pending writes to `channel`, as a compression dictionary."""
-    refs: list[list[Any]] = []
-    parts: list[bytes] = []
-    for task_id, idx, z, value in conn.execute(
-        "SELECT task_id, idx, z, value FROM writes WHERE thread_id = ? AND checkpoint_ns = ? "
-        "AND checkpoint_id = ? AND channel = ? AND idx >= 0 ORDER BY task_path, task_id, idx",
-        (thread_id, ns, parent_id, channel),
-    ):
-        refs.append([task_id, idx])
-        parts.append(decompress(z, value))
-    if not parts:
-        return None
-    return WriteDict(parent_id, json.dumps(refs), b"".join(parts))
+def _existing_versions(
+    conn: sqlite3.Connection, thread_id: str, ns: str, keys: list[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Which of these (channel, version) rows already exist, in one query."""
+    if not keys:
+        return set()
+    # A UNION of primary-key lookups: SQLite would scan for a row-value IN list.
+    one = "SELECT channel, version FROM blobs WHERE thread_id = ?1 AND checkpoint_ns = ?2 "
+    sql = " UNION ALL ".join(
+        f"{one}AND channel = ?{3 + 2 * i} AND version = ?{4 + 2 * i}" for i in range(len(keys))
+    )
+    rows = conn.execute(sql, (thread_id, ns, *(x for key in keys for x in key)))
+    return {(r[0], r[1]) for r in rows}
+
+
+def _source_exists(conn: sqlite3.Connection, thread_id: str, ns: str, ref: list[Any]) -> bool:
+    if ref[0] == "b":
+        return _blob_exists(conn, thread_id, ns, ref[1], ref[2])
+    return (
+        conn.execute(
+            "SELECT 1 FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ? "
+            "AND task_id = ? AND idx = ?",
+            (thread_id, ns, *ref[1:]),
+        ).fetchone()
+        is not None
+    )
+
+
+def _shared_prefix(old: list[Any], new: list[Any]) -> int:
+    """How many first items `old` and `new` share (the identical objects)."""
+    if len(new) >= len(old) and all(map(operator.is_, old, new)):
+        return len(old)
+    for i, (a, b) in enumerate(zip(old, new, strict=False)):
+        if a is not b:
+            return i
+    return min(len(old), len(new))
+
+
+def _refs_hit(refs: str, doomed: set[tuple[Any, ...]]) -> bool:
+    return any(tuple(ref) in doomed for ref in json.loads(refs))
+
+
+def _recent_worthy(channel: str, values: dict[str, Any]) -> bool:
+    """Lists (message histories) and the input are worth compressing against each other."""
+    return channel == _INPUT_CHANNEL or isinstance(values.get(channel), list)
 
 
 def _opt_str(value: Any) -> str | None:

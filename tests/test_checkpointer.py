@@ -27,7 +27,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from llmctx.graphs import build_context_graph
-from llmctx.runtime._checkpoint_blobs import APPEND, FULL, ZDELTA
+from llmctx.nodes import ContextState
+from llmctx.runtime._checkpoint_blobs import APPEND, FULL, W_PREFIX, ZDELTA
+from llmctx.runtime._checkpoint_schema import APPLICATION_ID
 from llmctx.runtime.checkpointer import CheckpointStoreError, LlmctxSaver
 from llmctx.runtime.errors import LlmctxError
 
@@ -80,7 +82,7 @@ def test_messages_are_stored_incrementally_and_read_back_exactly(saver: LlmctxSa
     assert kinds.count(APPEND) >= 45 and kinds.count(FULL) <= 3
     # Appends are compressed against the pending writes carrying the same messages.
     against_writes = saver.conn.execute(
-        "SELECT count(*) FROM blobs WHERE channel = 'messages' AND dict_checkpoint IS NOT NULL"
+        "SELECT count(*) FROM blobs WHERE channel = 'messages' AND dict_refs IS NOT NULL"
     ).fetchone()[0]
     assert against_writes >= 40
 
@@ -213,6 +215,201 @@ def test_any_sequence_of_puts_reads_back_exactly(
     with LlmctxSaver(path) as cold:
         listed = {t.checkpoint["id"]: t.checkpoint["channel_values"] for t in cold.list(None)}
         assert listed == expected
+
+
+# -- an agent graph whose first node writes the whole history back every turn -------
+
+
+def _agent_graph(checkpointer: Any, replace: dict[str, int] | None = None) -> Any:
+    """START -> echo -> context pipeline (a subgraph node) -> model.
+
+    The `echo` node writes the whole `messages` list back every turn, as user nodes
+    that return `state["messages"]` do (llmctx's own pipeline returns only the frame),
+    so the saver must store only what is new. While
+    `replace["from"]` <= the message count, the model also rewrites message
+    `replace["at"]` by id (not an append).
+    """
+
+    def model(state: ContextState) -> dict[str, Any]:
+        n = len(state["messages"])
+        out: list[Any] = [AIMessage(f"answer {n}: {TEXT}", id=f"ai-{n}")]
+        if replace is not None and n >= replace["from"]:
+            old = state["messages"][replace["at"]]
+            out.append(HumanMessage(f"edited at {n}", id=old.id))
+        return {"messages": out}
+
+    def echo(state: ContextState) -> dict[str, Any]:
+        return {"messages": list(state["messages"])}
+
+    builder = StateGraph(ContextState)
+    builder.add_node("echo", echo)
+    builder.add_node("context", build_context_graph(budget=700))
+    builder.add_node("model", model)
+    builder.add_edge(START, "echo")
+    builder.add_edge("echo", "context")
+    builder.add_edge("context", "model")
+    return builder.compile(checkpointer=checkpointer)
+
+
+def _run_agent(graph: Any, thread: str, turns: int, start: int = 0) -> None:
+    for i in range(start, start + turns):
+        config = {"configurable": {"thread_id": thread}, "metadata": {"run_id": f"{thread}-{i}"}}
+        graph.invoke({"messages": [HumanMessage(f"q{i}: {TEXT} {i}", id=f"h{i}")]}, config)
+
+
+def _full_history(saver: Any, thread: str) -> list[tuple[Any, ...]]:
+    """Every checkpoint's values and pending writes (channel, value), oldest first."""
+    out = []
+    for t in reversed(list(saver.list({"configurable": {"thread_id": thread}}))):
+        writes = sorted(((c, repr(v)) for _, c, v in t.pending_writes), key=repr)
+        out.append((t.metadata.get("step"), t.checkpoint["channel_values"], writes))
+    return out
+
+
+def test_a_node_returning_the_whole_history_stores_only_what_is_new(saver: LlmctxSaver) -> None:
+    graph, reference = _agent_graph(saver), _agent_graph(InMemorySaver())
+    _run_agent(graph, "a", 12)
+    _run_agent(reference, "a", 12)
+    assert _full_history(saver, "a") == _full_history(reference.checkpointer, "a")
+    prefix = saver.conn.execute(
+        "SELECT count(*), max(length(value)) FROM writes WHERE channel = 'messages' AND kind = ?",
+        (W_PREFIX,),
+    ).fetchone()
+    assert prefix[0] >= 11 and prefix[1] < 600  # never the whole list again
+    # Each message is stored about once: later copies are compressed against it.
+    refs = saver.conn.execute(
+        "SELECT (SELECT count(*) FROM writes WHERE dict_refs IS NOT NULL) + "
+        "(SELECT count(*) FROM blobs WHERE dict_refs IS NOT NULL)"
+    ).fetchone()[0]
+    assert refs >= 2 * 11
+    with LlmctxSaver(saver.path) as cold:  # and a fresh process reads the same
+        assert _full_history(cold, "a") == _full_history(reference.checkpointer, "a")
+
+
+def test_a_replaced_message_is_not_read_as_a_stale_prefix(saver: LlmctxSaver) -> None:
+    """add_messages replacing by id makes a non-append list: never served from the
+    cached head (a stale-prefix bug would show the old text of message 1)."""
+    rewrite = {"at": 1, "from": 3}
+    graph, reference = _agent_graph(saver, rewrite), _agent_graph(InMemorySaver(), rewrite)
+    _run_agent(graph, "r", 6)
+    _run_agent(reference, "r", 6)
+    head = graph.get_state({"configurable": {"thread_id": "r"}}).values["messages"]
+    assert head[1].content.startswith("edited at")
+    assert _full_history(saver, "r") == _full_history(reference.checkpointer, "r")
+    with LlmctxSaver(saver.path) as cold:
+        assert _full_history(cold, "r") == _full_history(reference.checkpointer, "r")
+
+
+def test_reading_an_old_version_keeps_storing_appends(saver: LlmctxSaver) -> None:
+    graph = _agent_graph(saver)
+    _run_agent(graph, "o", 6)
+    config = {"configurable": {"thread_id": "o"}}
+    old = list(graph.get_state_history(config))[-4]
+    graph.get_state(old.config)  # a read of an old version must not become the delta base
+    fulls = _kinds(saver, "messages").count(FULL)
+    _run_agent(graph, "o", 3, start=6)
+    assert _kinds(saver, "messages").count(FULL) == fulls
+    big = saver.conn.execute(
+        "SELECT max(length(value)) FROM writes WHERE channel = 'messages'"
+    ).fetchone()[0]
+    assert big < 1_000
+
+
+def test_an_old_version_is_served_as_a_prefix_of_the_head(saver: LlmctxSaver) -> None:
+    rewrite = {"at": 3, "from": 19}  # from turn 10 on
+    graph, reference = _agent_graph(saver, rewrite), _agent_graph(InMemorySaver(), rewrite)
+    _run_agent(graph, "p", 9)
+    _run_agent(reference, "p", 9)
+    config = {"configurable": {"thread_id": "p"}}
+    states = list(graph.get_state_history(config))
+    expected = [s.values for s in reference.get_state_history(config)]
+    assert [s.values for s in states] == expected
+    head_tuple, old_tuple = (
+        saver.get_tuple(config),
+        saver.get_tuple(states[len(states) // 2].config),
+    )
+    assert head_tuple is not None and old_tuple is not None
+    head = head_tuple.checkpoint["channel_values"]["messages"]
+    old = old_tuple.checkpoint["channel_values"]["messages"]
+    # Served from the head's list: the same message objects, nothing decoded.
+    assert 0 < len(old) < len(head) and all(a is b for a, b in zip(old, head, strict=False))
+    # After message 3 is replaced the old versions are no prefix of the head any more:
+    # each must still read its own text, not the head's.
+    _run_agent(graph, "p", 2, start=9)
+    _run_agent(reference, "p", 2, start=9)
+    assert graph.get_state(config).values["messages"][3].content.startswith("edited at")
+    assert [s.values for s in graph.get_state_history(config)] == [
+        s.values for s in reference.get_state_history(config)
+    ]
+
+
+def test_forks_and_rewrites_keep_every_pending_write_exact(saver: LlmctxSaver) -> None:
+    def scenario(checkpointer: Any) -> Any:
+        graph = _agent_graph(checkpointer)
+        _run_agent(graph, "f", 5)
+        config = {"configurable": {"thread_id": "f"}}
+        old = list(graph.get_state_history(config))[-7]
+        forked = graph.update_state(old.config, {"messages": [HumanMessage("fork", id="fk")]})
+        graph.invoke({"messages": [HumanMessage("after fork", id="af")]}, forked)
+        _run_agent(graph, "f", 2, start=5)
+        return graph
+
+    scenario(saver)
+    reference = scenario(InMemorySaver())
+    assert _full_history(saver, "f") == _full_history(reference.checkpointer, "f")
+    with LlmctxSaver(saver.path) as cold:
+        assert _full_history(cold, "f") == _full_history(reference.checkpointer, "f")
+
+
+def test_deleting_sources_recompresses_what_depends_on_them(saver: LlmctxSaver) -> None:
+    graph = _agent_graph(saver)
+    _run_agent(graph, "d", 10)
+    config = {"configurable": {"thread_id": "d"}}
+    ids = [t.config["configurable"]["checkpoint_id"] for t in saver.list(config)][::-1]
+    doomed = ids[4:30]  # the middle turns: the first copies of many messages
+    survivors = {i: v for i, v in zip(ids, _full_history(saver, "d"), strict=True)}
+    for cid in doomed:
+        del survivors[cid]
+    # Another connection deletes, so this saver's cached sources are stale.
+    with LlmctxSaver(saver.path) as other:
+        other.delete_checkpoints("d", doomed)
+    left = [t.config["configurable"]["checkpoint_id"] for t in saver.list(config)][::-1]
+    assert dict(zip(left, _full_history(saver, "d"), strict=True)) == survivors
+    _run_agent(graph, "d", 3, start=10)  # this saver goes on writing correctly
+    with LlmctxSaver(saver.path) as cold:
+        history = _full_history(cold, "d")
+        got = dict(zip(left, history, strict=False))
+        assert got == survivors
+        assert len(history[-1][1]["messages"]) == 26
+    saver.prune(["d"], strategy="keep_latest")
+    assert len(graph.get_state(config).values["messages"]) == 26
+
+
+def test_a_rewritten_version_keeps_the_writes_built_on_it(saver: LlmctxSaver) -> None:
+    base = {"configurable": {"thread_id": "w", "checkpoint_ns": ""}}
+    first = [HumanMessage(f"m{i} {TEXT}", id=f"m{i}") for i in range(3)]
+    version = saver.get_next_version(None, None)
+
+    def checkpoint(items: list[Any]) -> dict[str, Any]:
+        return {
+            "v": 4,
+            "id": "00000001",
+            "ts": "2026-01-01T00:00:00+00:00",
+            "channel_values": {"messages": items},
+            "channel_versions": {"messages": version},
+            "versions_seen": {},
+            "updated_channels": ["messages"],
+        }
+
+    config = saver.put(base, checkpoint(first), {"step": 0}, {"messages": version})
+    saver.put_writes(config, [("messages", [*first, AIMessage("extra", id="x")])], "task")
+    kinds = saver.conn.execute("SELECT kind FROM writes").fetchall()
+    assert kinds == [(W_PREFIX,)]
+    saver.put(base, checkpoint([HumanMessage("other", id="o")]), {"step": 0}, {"messages": version})
+    got = saver.get_tuple(config)
+    assert got is not None
+    assert got.pending_writes == [("task", "messages", [*first, AIMessage("extra", id="x")])]
+    assert got.checkpoint["channel_values"]["messages"] == [HumanMessage("other", id="o")]
 
 
 # -- maintenance ---------------------------------------------------------------------
@@ -413,6 +610,15 @@ def _newer(path: Path) -> None:
     conn.close()
 
 
+def _older_schema(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE checkpoints (thread_id TEXT)")
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+
+
 def _langgraph_sqlite(path: Path) -> None:
     from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -429,8 +635,9 @@ def _langgraph_sqlite(path: Path) -> None:
         (_foreign, "foreign SQLite database"),
         (_langgraph_sqlite, "SqliteSaver"),
         (_newer, "newer llmctx"),
+        (_older_schema, "older llmctx"),
     ],
-    ids=["random", "corrupt-header", "foreign", "sqlitesaver", "newer-schema"],
+    ids=["random", "corrupt-header", "foreign", "sqlitesaver", "newer-schema", "older-schema"],
 )
 def test_a_file_that_is_not_ours_is_refused_not_reset(
     tmp_path: Path, make: Any, message: str
