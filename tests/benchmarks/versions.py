@@ -187,12 +187,15 @@ def run_saver(
     return {"saver": name, "results": rows}
 
 
-def _extrapolate_quadratic(rows: list[dict[str, Any]], n: int) -> int | None:
-    """Fit bytes = a*t^2 + b*t through the last two points and evaluate at n."""
+def _extrapolate(rows: list[dict[str, Any]], n: int) -> int | None:
+    """Bytes at `n` turns from the last two points: a*t^2 + b*t when the growth is
+    superlinear (a > 0), else linear from the last point's bytes per turn."""
     if len(rows) < 2:
         return None
     (t1, y1), (t2, y2) = [(r["turns"], r["db_bytes"]) for r in rows[-2:]]
     a = (y2 / t2 - y1 / t1) / (t2 - t1)
+    if a <= 0:
+        return round(y2 / t2 * n)
     b = y1 / t1 - a * t1
     return round(a * n * n + b * n)
 
@@ -245,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if same:
                 peer_bytes, how = same[0]["db_bytes"], "measured"
             else:
-                peer_bytes, how = _extrapolate_quadratic(rows, largest), "extrapolated"
+                peer_bytes, how = _extrapolate(rows, largest), "extrapolated"
             if peer_bytes:
                 key = f"vs_{peer['saver']}"
                 summary[f"storage_ratio_{key}"] = round(peer_bytes / last["db_bytes"], 1)
