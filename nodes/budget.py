@@ -12,7 +12,6 @@ recency baseline they start from.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,7 +69,7 @@ def assemble_window(
         fixed += tokens
 
     start = _appended_since(messages, previous)
-    same_template = previous.get("template_hash") == _template_hash(deps)
+    same_template = previous.get("template_hash") == deps.template.fingerprint
     template_pins = _template_pins(
         messages, deps, previous.get("template_pins", []) if same_template else None, start
     )
@@ -116,7 +115,7 @@ def assemble_window(
     frame: Frame = {
         **previous,
         "template": deps.template.name,
-        "template_hash": _template_hash(deps),
+        "template_hash": deps.template.fingerprint,
         "turn": sum(1 for m in messages if isinstance(m, HumanMessage)),
         "budget": budget,
         "tiers": {
@@ -217,14 +216,6 @@ def _template_pins(
         ):
             found.append(str(message.id))
     return found
-
-
-def _template_hash(deps: NodeDeps) -> str:
-    template = deps.template
-    fingerprint = getattr(template, "fingerprint", None)
-    if isinstance(fingerprint, str):
-        return fingerprint
-    return hashlib.sha256(template.model_dump_json().encode()).hexdigest()[:16]
 
 
 def _pinned_indices(

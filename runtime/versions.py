@@ -230,13 +230,7 @@ def get(
 ) -> VersionState:
     """The frame and window messages of one version (any reference, see the module)."""
     store = tags if tags is not None else tag_store_for(saver)
-    tup = resolve(saver, thread_id, version, tags=store)
-    frame = _frame(tup)
-    if not frame:
-        raise VersionError(
-            f"checkpoint {tup.checkpoint['id']} of thread {thread_id!r} has no frame yet "
-            "(the pipeline had not run); pick a version listed by llmctx history"
-        )
+    tup, frame = _resolve_frame(saver, thread_id, version, store, "show")
     names = store.by_checkpoint(thread_id).get(tup.checkpoint["id"], ())
     messages = _window(frame, _messages(tup), tup.checkpoint["id"])
     return VersionState(thread_id, _to_version(tup, names), frame, messages)
@@ -460,13 +454,7 @@ def rollback(
     """
     saver = _graph_saver(graph)
     store = tags if tags is not None else tag_store_for(saver)
-    target = resolve(saver, thread_id, version, tags=store)
-    frame = _frame(target)
-    if not frame:
-        raise VersionError(
-            f"checkpoint {target.checkpoint['id']} has no frame to roll back to; "
-            "pick a version listed by llmctx history"
-        )
+    target, frame = _resolve_frame(saver, thread_id, version, store, "roll back to")
     head = _get_tuple(saver, thread_id, None)
     restored = copy.deepcopy(frame)
     restored["last_op"] = _op(
@@ -507,13 +495,7 @@ def branch(
         raise VersionError("a branch needs a new thread id, not the source's own")
     if saver.get_tuple(_config(new_thread_id)) is not None:
         raise VersionError(f"thread {new_thread_id!r} already exists; branch into a new thread id")
-    source = resolve(saver, thread_id, version, tags=tags)
-    frame = _frame(source)
-    if not frame:
-        raise VersionError(
-            f"checkpoint {source.checkpoint['id']} has no frame to branch from; "
-            "pick a version listed by llmctx history"
-        )
+    source, frame = _resolve_frame(saver, thread_id, version, tags, "branch from")
     copied = copy.deepcopy(frame)
     copied["last_op"] = _op(
         "branch", f"branch of {thread_id!r} at {source.checkpoint['id']}", {}, frame
@@ -544,12 +526,7 @@ def tag(
     Returns the tagged version, with all its tags.
     """
     store = tags if tags is not None else tag_store_for(saver)
-    tup = resolve(saver, thread_id, version, tags=store)
-    if not _frame(tup):
-        raise VersionError(
-            f"checkpoint {tup.checkpoint['id']} has no frame; tag a version listed by "
-            "llmctx history"
-        )
+    tup, _ = _resolve_frame(saver, thread_id, version, store, "tag")
     store.set(thread_id, name, tup.checkpoint["id"], force=force)
     return _to_version(tup, store.by_checkpoint(thread_id).get(tup.checkpoint["id"], ()))
 
@@ -746,6 +723,25 @@ def _context_version(tup: CheckpointTuple) -> Any:
 
 def _parent_id(tup: CheckpointTuple) -> str | None:
     return tup.parent_config["configurable"].get("checkpoint_id") if tup.parent_config else None
+
+
+def _resolve_frame(
+    saver: BaseCheckpointSaver,
+    thread_id: str,
+    version: str,
+    tags: TagStore | None,
+    purpose: str,
+) -> tuple[CheckpointTuple, dict[str, Any]]:
+    """Resolve a version reference to a checkpoint that has a frame, or raise."""
+    tup = resolve(saver, thread_id, version, tags=tags)
+    frame = _frame(tup)
+    if not frame:
+        raise VersionError(
+            f"checkpoint {tup.checkpoint['id']} of thread {thread_id!r} has no frame (the "
+            f"context pipeline had not run), so there is nothing to {purpose}; pick a "
+            "version listed by llmctx history"
+        )
+    return tup, frame
 
 
 def _frame(tup: CheckpointTuple) -> dict[str, Any]:
