@@ -22,7 +22,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
-from llmctx.nodes import ContextConfig, ContextState, Frame, allocate_budget
+from llmctx.nodes import ContextConfig, ContextState, Frame, compress
 from llmctx.runtime.settings import Settings
 
 __all__ = ["build_context_graph"]
@@ -51,9 +51,17 @@ def build_context_graph(
     workspace: Path | str | None = None,
     tools: Sequence[Any] = (),
     settings: Settings | None = None,
+    summarizer: Any = None,
     name: str = "llmctx_context",
 ) -> CompiledStateGraph:
-    """Build and compile the context pipeline.
+    """Build and compile the context pipeline: budget → prune → summarize.
+
+    The pipeline is one node, `context` (`llmctx.nodes.compress`): it assembles the
+    tiered window, applies the template's pruning policy, and compacts old turns
+    when the template's trigger fires (`summarizer`: a LangChain chat model or a
+    `Summarizer`; unset, the configured LLM or else the extractive summarizer).
+    With a checkpointer each turn is one version, whose `last_op` names the
+    strongest operation that ran (`assemble`, `prune` or `summarize`).
 
     The factory's `template`, `budget`, `model`, `workspace`, `tools` and `settings`
     are the graph's defaults; a run overrides any of them with
@@ -72,11 +80,12 @@ def build_context_graph(
         workspace=Path(workspace) if workspace is not None else None,
         tools=tuple(tools),
         settings=settings,
+        summarizer=summarizer,
     )
     builder = StateGraph(ContextState, context_schema=ContextConfig, output_schema=ContextUpdate)
-    builder.add_node("budget", _with_defaults(allocate_budget, defaults))
-    builder.add_edge(START, "budget")
-    builder.add_edge("budget", END)
+    builder.add_node("context", _with_defaults(compress, defaults))
+    builder.add_edge(START, "context")
+    builder.add_edge("context", END)
     return builder.compile(
         checkpointer=False if checkpointer is None else checkpointer, store=store, name=name
     )

@@ -1,11 +1,14 @@
 """Context operations as LangGraph nodes, and the state schema they share."""
 
 from llmctx.nodes.budget import allocate_budget, assemble_window
+from llmctx.nodes.pipeline import compress, compress_frame
+from llmctx.nodes.prune import entities, hop_distances, prune, prune_window
 from llmctx.nodes.state import (
     ContextConfig,
     ContextState,
     Frame,
     LastOp,
+    Memory,
     PrunedItem,
     Summary,
     TierReport,
@@ -13,18 +16,29 @@ from llmctx.nodes.state import (
     merge_preserved,
     window_messages,
 )
+from llmctx.nodes.summarize import needs_summary, summarize, summarize_window
 
 __all__ = [
     "ContextConfig",
     "ContextState",
     "Frame",
     "LastOp",
+    "Memory",
     "PrunedItem",
     "Summary",
     "TierReport",
     "WindowItem",
     "allocate_budget",
     "assemble_window",
+    "compress",
+    "compress_frame",
+    "entities",
+    "hop_distances",
     "merge_preserved",
+    "needs_summary",
+    "prune",
+    "prune_window",
+    "summarize",
+    "summarize_window",
     "window_messages",
 ]

@@ -14,7 +14,9 @@ from typing import Any
 
 from llmctx.nodes.state import ContextConfig
 from llmctx.runtime.errors import ConfigError
+from llmctx.runtime.models import chat_model
 from llmctx.runtime.settings import Settings
+from llmctx.runtime.summarizer import ExtractiveSummarizer, Summarizer, make_summarizer
 from llmctx.runtime.tokens import TokenCounter
 from llmctx.templates import Template, TemplateRegistry
 
@@ -31,6 +33,7 @@ class NodeDeps:
     tools: tuple[Any, ...]
     tools_tokens: int
     settings: Settings
+    summarizer: Summarizer
 
 
 @lru_cache(maxsize=1)
@@ -47,6 +50,11 @@ def _registry(user_dir: Path) -> TemplateRegistry:
 @lru_cache(maxsize=16)
 def _counter(model: str, encoding: str | None) -> TokenCounter:
     return TokenCounter(model, encoding=encoding)
+
+
+@lru_cache(maxsize=16)
+def _extractive(counter: TokenCounter) -> Summarizer:
+    return ExtractiveSummarizer(counter)
 
 
 # Tool schemas are often unhashable dicts; a run reuses one ContextConfig, so key the
@@ -94,6 +102,11 @@ def resolve_deps(context: ContextConfig | None, settings: Settings | None = None
             "or lower output_reserve, or pass a larger --budget"
         )
     tools = tuple(ctx.tools)
+    if ctx.summarizer is not None:
+        summarizer = make_summarizer(ctx.summarizer, counter)
+    else:
+        model = chat_model(settings)
+        summarizer = make_summarizer(model, counter) if model else _extractive(counter)
     return NodeDeps(
         template=template,
         counter=counter,
@@ -101,4 +114,5 @@ def resolve_deps(context: ContextConfig | None, settings: Settings | None = None
         tools=tools,
         tools_tokens=_tools_tokens(counter, tools),
         settings=settings,
+        summarizer=summarizer,
     )

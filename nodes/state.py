@@ -31,6 +31,7 @@ __all__ = [
     "ContextState",
     "Frame",
     "LastOp",
+    "Memory",
     "PrunedItem",
     "Summary",
     "TierReport",
@@ -47,7 +48,10 @@ class WindowItem(TypedDict):
 
     `kind="message"` items refer to `messages` by `id`; the other kinds carry their
     own `content`, so an old version renders exactly as it did, whatever the
-    template or memory hold today.
+    template or memory hold today. A message item that also carries `content` is
+    shown in place of the original (`shown` says why: a `placeholder` for a cleared
+    tool output or duplicate, or a `truncated` copy of an oversized message, with
+    its `full_tokens`); the original stays in `messages`.
     """
 
     kind: ItemKind
@@ -55,23 +59,51 @@ class WindowItem(TypedDict):
     tokens: int
     tier: str
     content: NotRequired[str]
+    shown: NotRequired[Literal["truncated", "placeholder"]]
+    full_tokens: NotRequired[int]
 
 
 class TierReport(TypedDict):
-    """How one budget tier was spent: its limit, the tokens used and the item count."""
+    """How one budget tier was spent.
+
+    `limit` is the tier's share of the budget (the template's split), `available`
+    that share plus what earlier tiers left unused (negative flow when the critical
+    tier overdraws), `used` the exact tokens of its items and `items` their count.
+    """
 
     limit: int
+    available: NotRequired[int]
     used: int
     items: int
 
 
 class Summary(TypedDict):
-    """A summary and the message ids it covers (possibly other summaries' ids)."""
+    """A summary and what it covers.
+
+    `covers` lists the ids it summarized: message ids for a level-0 summary, the
+    child summaries' ids for a higher level (those children are in earlier
+    versions). `span` names the contiguous run of history it stands for (first and
+    last message id, message count), so the raw turns stay reachable from the
+    current state. `tokens` is the exact cost of its window item.
+    """
 
     id: str
     text: str
     covers: list[str]
     tokens: int
+    level: NotRequired[int]
+    span: NotRequired[dict[str, Any]]
+    input_tokens: NotRequired[int]
+    method: NotRequired[str]
+
+
+class Memory(TypedDict):
+    """A long-term memory injected into the window (by the retrieve node)."""
+
+    id: str
+    text: str
+    tokens: int
+    score: NotRequired[float]
 
 
 class PrunedItem(TypedDict):
@@ -99,6 +131,12 @@ class Frame(TypedDict, total=False):
     removals are in earlier versions (`llmctx history`, `versions.diff`). `pinned`
     holds the ids a user pinned; `template_pins` those the template's pin policy
     matched (kept incrementally, recomputed when the template changes).
+    `summaries` are the active summaries, oldest first; `summarized` records how far
+    they reach into the history (`count` messages, ending at `last_id`, worth
+    `tokens`). `memories` are retrieved long-term memories. `handoff` lists the
+    messages that left the context during this pipeline run (evicted or
+    summarized), for the remember node to write to long-term memory. `last_used`
+    maps recent message ids to the turn they were last relevant (the LRU strategy).
     """
 
     template: str
@@ -113,7 +151,11 @@ class Frame(TypedDict, total=False):
     history_messages: int
     history_tail: str
     summaries: list[Summary]
+    summarized: dict[str, Any]
+    memories: list[Memory]
     pruned: list[PrunedItem]
+    handoff: list[PrunedItem]
+    last_used: dict[str, int]
     pinned: list[str]
     template_pins: list[str]
     last_op: LastOp
@@ -151,7 +193,9 @@ class ContextConfig:
     `template` is a template name or a `Template` object; `budget` caps the window's
     total tokens (system prompt, tool schemas and reply priming included); `tools`
     are the tool schemas the model will be sent, so that they are counted too;
-    `settings` (a `Settings`) replaces the process-wide `Settings.load()`.
+    `settings` (a `Settings`) replaces the process-wide `Settings.load()`;
+    `summarizer` is a LangChain chat model or an `llmctx.runtime.Summarizer` (unset:
+    the configured LLM if any, else the extractive summarizer).
     """
 
     template: Any = None
@@ -160,6 +204,7 @@ class ContextConfig:
     workspace: Path | None = None
     tools: tuple[Any, ...] = field(default_factory=tuple)
     settings: Any = None
+    summarizer: Any = None
 
     def over(self, defaults: ContextConfig | None) -> ContextConfig:
         """This run's values, with anything unset taken from `defaults`."""
@@ -172,6 +217,7 @@ class ContextConfig:
             workspace=self.workspace or defaults.workspace,
             tools=self.tools or defaults.tools,
             settings=self.settings if self.settings is not None else defaults.settings,
+            summarizer=self.summarizer if self.summarizer is not None else defaults.summarizer,
         )
 
     @classmethod
@@ -213,7 +259,10 @@ def window_messages(state: ContextState | dict[str, Any]) -> list[BaseMessage]:
     out: list[BaseMessage] = []
     for item in items:
         if item["kind"] == "message":
-            out.append(by_id[item["id"]])
+            message = by_id[item["id"]]
+            if "content" in item:  # a placeholder or a truncated copy stands in for it
+                message = message.model_copy(update={"content": item["content"]})
+            out.append(message)
         else:  # the system prompt, summaries and memories reach the model as system text
             out.append(SystemMessage(content=item.get("content", ""), id=item["id"]))
     return out

@@ -12,6 +12,7 @@ from llmctx.runtime.errors import (
     CheckpointStoreError,
     ConfigError,
     LlmctxError,
+    SummarizerError,
     TagError,
     TemplateError,
     TemplateNotFoundError,
@@ -24,6 +25,7 @@ from llmctx.runtime.errors import (
     WorkspaceError,
     WorkspacePathError,
 )
+from llmctx.runtime.models import chat_model
 from llmctx.runtime.savers import open_async_saver, open_saver
 from llmctx.runtime.settings import (
     EmbeddingSettings,
@@ -31,6 +33,13 @@ from llmctx.runtime.settings import (
     LLMSettings,
     MonitoringSettings,
     Settings,
+)
+from llmctx.runtime.summarizer import (
+    ChatModelSummarizer,
+    ExtractiveSummarizer,
+    Summarizer,
+    SummaryResult,
+    make_summarizer,
 )
 from llmctx.runtime.tags import TagStore, tag_store_for
 from llmctx.runtime.tokens import (
@@ -73,9 +82,11 @@ __all__ = [
     "TOKENS_PER_MESSAGE",
     "BudgetError",
     "CacheInfo",
+    "ChatModelSummarizer",
     "CheckpointStoreError",
     "ConfigError",
     "EmbeddingSettings",
+    "ExtractiveSummarizer",
     "GcReport",
     "HealthReport",
     "LLMSettings",
@@ -86,6 +97,9 @@ __all__ = [
     "PruneReport",
     "QAItem",
     "Settings",
+    "Summarizer",
+    "SummarizerError",
+    "SummaryResult",
     "TagError",
     "TagStore",
     "TemplateError",
@@ -108,6 +122,7 @@ __all__ = [
     "WorkspacePathError",
     "approximate_count",
     "branch",
+    "chat_model",
     "demo_transcript_path",
     "diff",
     "diff_renderable",
@@ -115,6 +130,7 @@ __all__ = [
     "get",
     "history",
     "load_transcript",
+    "make_summarizer",
     "open_async_saver",
     "open_saver",
     "prune",

@@ -87,3 +87,7 @@ class TagError(LlmctxError):
 
 class UnsupportedSaverError(LlmctxError):
     """The checkpoint saver cannot do what was asked (e.g. delete single checkpoints)."""
+
+
+class SummarizerError(LlmctxError):
+    """The summarizer cannot run: the chat model failed, or its arguments are invalid."""

@@ -827,6 +827,8 @@ def _window(frame: Mapping[str, Any], history: list[BaseMessage], where: str) ->
             message = by_id.get(item["id"])
             if message is None:
                 missing.append(item["id"])
+            elif "content" in item:  # shown as a placeholder or truncated copy
+                out.append(message.model_copy(update={"content": item["content"]}))
             else:
                 out.append(message)
         else:

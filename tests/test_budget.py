@@ -207,7 +207,7 @@ def test_pinned_ids_survive_and_budget_error_is_clear(deps: NodeDeps) -> None:
     frame = assemble_window(history, _with(deps, 600), {"pinned": ["m0"]})
     ids = [i["id"] for i in frame["window"]]
     assert "m0" in ids and "m39" in ids and "m20" not in ids
-    with pytest.raises(BudgetError, match="budget is 50"):
+    with pytest.raises(BudgetError, match="budget of 50"):
         assemble_window(history, _with(deps, 50))
 
 

@@ -339,7 +339,7 @@ def test_replay_errors_are_user_errors() -> None:
     # The system prompt alone is larger than this budget: a BudgetError raised inside a
     # LangGraph node must still reach the user as one clean line.
     message = user_error("replay", str(chat), "--budget", "5")
-    assert "the pinned context needs" in message and "but the budget is 5" in message
+    assert "alone exceed the budget of 5" in message
     assert "no such transcript file" in user_error("replay", "missing.jsonl")
 
 
@@ -375,7 +375,8 @@ def test_history_lists_versions_newest_first() -> None:
     steps = [v["step"] for v in versions]
     assert steps == sorted(steps, reverse=True)
     assert [v["turn"] for v in versions] == [4, 4, 3, 2, 1]
-    assert {v["op"] for v in versions} == {"assemble"}
+    assert versions[-1]["op"] == "assemble"
+    assert {v["op"] for v in versions} <= {"assemble", "prune", "summarize"}
     assert all(0 < v["window_tokens"] <= 400 for v in versions)
     history_tokens = [v["history_tokens"] for v in versions]
     assert history_tokens == sorted(history_tokens, reverse=True)
