@@ -53,7 +53,7 @@ __all__ = ["HORIZON_FACTOR", "allocate_budget", "assemble_window", "summary_cont
 
 SYSTEM_ITEM_ID = "llmctx:system"
 
-HORIZON_FACTOR = 4
+HORIZON_FACTOR = 2
 """The cache tier looks back at most this many budgets' worth of tokens.
 
 Older turns are reached through the summaries, long-term memory and earlier

@@ -53,6 +53,9 @@ __all__ = ["entities", "hop_distances", "prune", "prune_window"]
 _LRU_WINDOW = 1
 """Messages this many hops from a turn's focus count as used in that turn (LRU)."""
 
+_SMALLEST_MESSAGE = 4
+"""No message costs less (the per-message framing): below this the cache tier is full."""
+
 
 def prune(state: ContextState, runtime: Runtime[ContextConfig]) -> dict[str, Any]:
     """LangGraph node: apply the pruning policy to the frame built by the budget node.
@@ -160,6 +163,11 @@ def prune_window(
     order = _rank(candidates, policy.strategy, distances, last_used, messages)
     cache: dict[int, WindowItem] = {}
     for unit in order:
+        if room < _SMALLEST_MESSAGE:
+            break
+        full = sum(counts[j] for j in unit)
+        if full > room and not any(j not in kept_tools and _is_tool(messages[j]) for j in unit):
+            continue  # too big, and no tool output a placeholder could shrink
         items = _unit_items(messages, unit, counts, kept_tools, deps, where)
         cost = sum(it["tokens"] for it in items.values())
         if cost <= room:
@@ -327,8 +335,11 @@ def hop_distances(
 
 
 def _text(message: BaseMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
     text = message.text
-    return text if isinstance(text, str) else str(message.content)
+    return text if isinstance(text, str) else str(content)
 
 
 def _version_of(runtime: Runtime[ContextConfig] | None) -> str | None:
@@ -352,6 +363,10 @@ def _newest_tool_outputs(messages: Sequence[BaseMessage], floor: int, keep: int)
         if isinstance(messages[i], ToolMessage):
             kept.add(i)
     return kept
+
+
+def _is_tool(message: BaseMessage) -> bool:
+    return isinstance(message, ToolMessage)
 
 
 def _clearable(message: BaseMessage, i: int, kept: set[int], item: WindowItem) -> bool:
@@ -388,10 +403,15 @@ def _duplicate_placeholder(
 def _dedupe_key(message: BaseMessage) -> tuple[str, str] | None:
     if isinstance(message, SystemMessage):
         return None
-    text = " ".join(_text(message).split())
+    text = _normalized(_text(message))
     if not text:
         return None
     return message.type, text
+
+
+@lru_cache(maxsize=65_536)
+def _normalized(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _candidates(
