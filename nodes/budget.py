@@ -73,7 +73,11 @@ def allocate_budget(state: ContextState, runtime: Runtime[ContextConfig]) -> dic
 
 
 def assemble_window(
-    messages: Sequence[BaseMessage], deps: NodeDeps, previous: Frame | None = None
+    messages: Sequence[BaseMessage],
+    deps: NodeDeps,
+    previous: Frame | None = None,
+    *,
+    counts: LazyCounts | None = None,
 ) -> Frame:
     """Compute the tiered frame for `messages` under `deps.budget`. Pure, deterministic.
 
@@ -85,7 +89,7 @@ def assemble_window(
     """
     previous = previous or {}
     counter = deps.counter
-    counts = LazyCounts(messages, counter)
+    counts = counts if counts is not None else LazyCounts(messages, counter)
     budget = deps.budget
     limits = deps.template.budget.tiers.allocate(budget)
 
@@ -129,7 +133,13 @@ def assemble_window(
     carry = limits["critical"] - critical_used
 
     # important: the newest whole units above the summarized boundary.
-    walk = _RecencyWalk(messages, counts, pinned, counter)
+    # Placeholders the prune node made stay as they were (same text, same version).
+    prior = {
+        it["id"]: it
+        for it in previous.get("window", [])
+        if it["kind"] == "message" and it.get("shown") == "placeholder"
+    }
+    walk = _RecencyWalk(messages, counts, pinned, counter, prior)
     available = limits["important"] + carry
     important = walk.take(available, floor=boundary, tier="important")
     carry = available - sum(it["tokens"] for it in important.values())
@@ -141,7 +151,8 @@ def assemble_window(
 
     # cache: older units, continuing the same walk (also below the boundary).
     available = limits["cache"] + carry
-    floor = horizon_floor(messages, counts, budget)
+    horizon = _horizon(messages, counts, budget, previous, start)
+    floor = horizon["floor"]
     cache = walk.take(available, floor=floor, tier="cache", truncate=True)
 
     window = order_window(messages, head, supporting, {**pin_items, **important, **cache})
@@ -176,6 +187,7 @@ def assemble_window(
         "history_tail": str(messages[-1].id) if messages else "",
         "summaries": summaries,
         "summarized": summarized,
+        "horizon": horizon,
         "pruned": pruned,
         "handoff": [{"id": mid, "reason": "left the window (recency)"} for mid in left_ids],
         "pinned": list(previous.get("pinned", [])),
@@ -213,6 +225,28 @@ def order_window(
     window.extend(supporting)
     window.extend(by_index[i] for i in ordered if i not in leading_set)
     return window
+
+
+def _horizon(
+    messages: Sequence[BaseMessage],
+    counts: LazyCounts,
+    budget: int,
+    previous: Frame,
+    start: int | None,
+) -> dict[str, int]:
+    """The look-back horizon, moved forward incrementally while the history only grows."""
+    known = previous.get("horizon")
+    limit = HORIZON_FACTOR * budget
+    if start is None or not known or known.get("limit") != limit:
+        floor = horizon_floor(messages, counts, budget)
+        tokens = sum(counts[i] for i in range(floor, len(messages)))
+        return {"floor": floor, "tokens": tokens, "limit": limit}
+    floor, tokens = int(known["floor"]), int(known["tokens"])
+    tokens += sum(counts[i] for i in range(start, len(messages)))
+    while tokens > limit and floor < len(messages) - 1:
+        tokens -= counts[floor]
+        floor += 1
+    return {"floor": floor, "tokens": tokens, "limit": limit}
 
 
 def horizon_floor(messages: Sequence[BaseMessage], counts: LazyCounts, budget: int) -> int:
@@ -377,11 +411,13 @@ class _RecencyWalk:
         counts: LazyCounts,
         pinned: set[int],
         counter: TokenCounter,
+        prior: dict[str, WindowItem] | None = None,
     ) -> None:
         self._messages = messages
         self._counts = counts
         self._pinned = pinned
         self._counter = counter
+        self._prior = prior or {}
         self._next = len(messages) - 1
         self._pending: dict[str, int] = {}
         self._first = True
@@ -398,7 +434,7 @@ class _RecencyWalk:
         """
         taken: dict[int, WindowItem] = {}
         used = 0
-        messages, counts = self._messages, self._counts
+        messages = self._messages
         while self._next >= floor:
             i = self._next
             message = messages[i]
@@ -419,7 +455,7 @@ class _RecencyWalk:
                     continue
                 unit.extend(self._pending[cid] for cid in ids)
             members = [j for j in unit if j not in self._pinned]
-            cost = sum(counts[j] for j in members)
+            cost = sum(self._cost(j) for j in members)
             if used + cost > room:
                 # A unit that could never fit this tier, or the newest one, is shown
                 # truncated rather than left out; any other unit ends the run here.
@@ -444,7 +480,7 @@ class _RecencyWalk:
             for cid in ids:
                 self._pending.pop(cid, None)
             for j in members:
-                taken[j] = message_item(messages[j], counts[j], tier)
+                taken[j] = self._item(j, tier)
             used += cost
             self._next -= 1
             if members:
@@ -457,6 +493,25 @@ class _RecencyWalk:
             )
             self._pending.clear()
         return taken
+
+    def _prior_item(self, j: int) -> WindowItem | None:
+        """The placeholder the previous frame showed for message `j`, if still valid."""
+        if not self._prior:
+            return None
+        item = self._prior.get(str(self._messages[j].id))
+        if item is not None and item.get("full_tokens") == self._counts[j]:
+            return item
+        return None
+
+    def _cost(self, j: int) -> int:
+        prior = self._prior_item(j)
+        return prior["tokens"] if prior is not None else self._counts[j]
+
+    def _item(self, j: int, tier: str) -> WindowItem:
+        prior = self._prior_item(j)
+        if prior is not None:
+            return {**prior, "tier": tier}
+        return message_item(self._messages[j], self._counts[j], tier)
 
     def _truncated_unit(
         self, members: list[int], room: int, tier: str

@@ -19,6 +19,7 @@ from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 
 from llmctx.nodes._deps import NodeDeps, resolve_deps
+from llmctx.nodes._window import LazyCounts
 from llmctx.nodes.budget import assemble_window
 from llmctx.nodes.prune import prune_window
 from llmctx.nodes.state import ContextConfig, ContextState, Frame, PrunedItem
@@ -49,8 +50,9 @@ def compress_frame(
     against the previous turn's window and names the last stage that changed it.
     """
     previous = previous or {}
-    assembled = assemble_window(messages, deps, previous)
-    pruned = prune_window(messages, deps, assembled, version=version)
+    counts = LazyCounts(messages, deps.counter)
+    assembled = assemble_window(messages, deps, previous, counts=counts)
+    pruned = prune_window(messages, deps, assembled, version=version, counts=counts)
     final = pruned
     if needs_summary(pruned, deps):
         final = summarize_window(messages, deps, pruned, deps.summarizer, version=version)

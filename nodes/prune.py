@@ -28,7 +28,9 @@ its reason and in `handoff` for long-term memory.
 from __future__ import annotations
 
 import re
-from collections import deque
+import threading
+from bisect import bisect_left
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -48,10 +50,13 @@ from llmctx.nodes.budget import assemble_window, horizon_floor, order_window
 from llmctx.nodes.state import ContextConfig, ContextState, Frame, PrunedItem, WindowItem
 from llmctx.runtime.tokens import REPLY_PRIMING
 
-__all__ = ["entities", "hop_distances", "prune", "prune_window"]
+__all__ = ["MAX_VISITED", "entities", "hop_distances", "prune", "prune_window"]
 
 _LRU_WINDOW = 1
 """Messages this many hops from a turn's focus count as used in that turn (LRU)."""
+
+MAX_VISITED = 384
+"""The hop search stops expanding once it has reached this many messages."""
 
 _SMALLEST_MESSAGE = 4
 """No message costs less (the per-message framing): below this the cache tier is full."""
@@ -74,7 +79,12 @@ def prune(state: ContextState, runtime: Runtime[ContextConfig]) -> dict[str, Any
 
 
 def prune_window(
-    messages: Sequence[BaseMessage], deps: NodeDeps, frame: Frame, *, version: str | None = None
+    messages: Sequence[BaseMessage],
+    deps: NodeDeps,
+    frame: Frame,
+    *,
+    version: str | None = None,
+    counts: LazyCounts | None = None,
 ) -> Frame:
     """The frame with the pruning policy applied (the same object if nothing changed).
 
@@ -83,9 +93,13 @@ def prune_window(
     """
     policy = deps.template.pruning
     counter = deps.counter
-    counts = LazyCounts(messages, counter)
+    counts = counts if counts is not None else LazyCounts(messages, counter)
     budget = deps.budget
-    floor = horizon_floor(messages, counts, budget)
+    horizon = frame.get("horizon") or {}
+    if frame.get("history_messages") == len(messages) and "floor" in horizon:
+        floor = int(horizon["floor"])  # the budget node's, for this very history
+    else:
+        floor = horizon_floor(messages, counts, budget)
     index = {str(messages[i].id): i for i in range(floor, len(messages))}
     window = list(frame.get("window", []))
     # Pins (and a long truncated message) may sit below the horizon.
@@ -95,6 +109,11 @@ def prune_window(
             break
 
     kept_tools = _newest_tool_outputs(messages, floor, policy.keep_tool_outputs)
+    shown = {
+        it["id"]: it
+        for it in window
+        if it["kind"] == "message" and it.get("shown") == "placeholder"
+    }
     where = f"version {version}" if version else "the thread history"
     pruned: list[PrunedItem] = []
     changed = False
@@ -109,7 +128,10 @@ def prune_window(
         if item["tier"] == "cache":
             cache_before.append(item["id"])
             continue
-        if item["tier"] != "critical" and _clearable(messages[i], i, kept_tools, item):
+        if item.get("shown") == "placeholder" and i in kept_tools:
+            item = message_item(messages[i], counts[i], item["tier"])  # among the last K again
+            changed = True
+        elif item["tier"] != "critical" and _clearable(messages[i], i, kept_tools, item):
             cleared = _placeholder(messages[i], counts[i], deps, where, item["tier"])
             if cleared is not None:
                 item = cleared
@@ -168,7 +190,7 @@ def prune_window(
         full = sum(counts[j] for j in unit)
         if full > room and not any(j not in kept_tools and _is_tool(messages[j]) for j in unit):
             continue  # too big, and no tool output a placeholder could shrink
-        items = _unit_items(messages, unit, counts, kept_tools, deps, where)
+        items = _unit_items(messages, unit, counts, kept_tools, deps, where, shown)
         cost = sum(it["tokens"] for it in items.values())
         if cost <= room:
             cache.update(items)
@@ -281,54 +303,106 @@ def hop_distances(
     it, or the message named by `additional_kwargs["reply_to"]`); and a shared
     entity, when that entity is rare in the horizon (at most 5% of its messages, and
     at least 2), so that a name said in every turn does not link everything.
+
+    The entity and link index is kept per history and only extended with new
+    messages, so a turn costs time in proportion to what the search visits; the
+    search stops growing at `MAX_VISITED` messages (far more than a cache tier holds).
     """
     n = len(messages)
     if not floor <= focus < n:
         return {}
-    ents = {i: entities(_text(messages[i])) for i in range(floor, n)}
-    postings: dict[str, list[int]] = {}
-    for i, found in ents.items():
-        for entity in found:
-            postings.setdefault(entity, []).append(i)
+    index = _index_for(messages, floor)
     cap = max(2, (n - floor) // 20)
-    by_id = {str(messages[i].id): i for i in range(floor, n)}
-    calls: dict[str, int] = {}
-    results: dict[int, list[int]] = {}
-    for i in range(floor, n):
-        message = messages[i]
-        for cid in calls_of(message):
-            calls[cid] = i
-        if isinstance(message, ToolMessage) and message.tool_call_id in calls:
-            a = calls[message.tool_call_id]
-            results.setdefault(a, []).append(i)
-            results.setdefault(i, []).append(a)
-    replies: dict[int, list[int]] = {}
-    for i in range(floor, n):
-        target = (messages[i].additional_kwargs or {}).get("reply_to")
-        if isinstance(target, str) and target in by_id:
-            j = by_id[target]
-            replies.setdefault(i, []).append(j)
-            replies.setdefault(j, []).append(i)
-
+    postings, ents, links = index.postings, index.ents, index.links
     distances = {focus: 0}
     queue = deque([focus])
     while queue:
         i = queue.popleft()
         d = distances[i]
-        if d >= max_hops:
+        if d >= max_hops or len(distances) >= MAX_VISITED:
             continue
-        links: list[int] = [j for j in (i - 1, i + 1) if floor <= j < n]
-        links.extend(results.get(i, ()))
-        links.extend(replies.get(i, ()))
-        for entity in ents[i]:
+        near: list[int] = [j for j in (i - 1, i + 1) if floor <= j < n]
+        near.extend(j for j in links.get(i, ()) if floor <= j < n)
+        for entity in ents[i - index.start]:
             posting = postings[entity]
-            if len(posting) <= cap:
-                links.extend(posting)
-        for j in links:
-            if j not in distances:
+            lo = bisect_left(posting, floor)
+            if len(posting) - lo <= cap:
+                near.extend(posting[lo:])
+        for j in near:
+            if j not in distances and j < n:
                 distances[j] = d + 1
                 queue.append(j)
     return distances
+
+
+class _LinkIndex:
+    """Entities, postings and explicit links (tool pairs, reply-to) of one history.
+
+    Positions are absolute indices into the history; `start` is the first indexed
+    position. Only appended messages are indexed on later turns.
+    """
+
+    __slots__ = ("by_id", "calls", "ents", "links", "postings", "size", "start", "tail")
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.size = start
+        self.tail = ""
+        self.ents: list[frozenset[str]] = []
+        self.postings: dict[str, list[int]] = {}
+        self.links: dict[int, list[int]] = {}
+        self.calls: dict[str, int] = {}
+        self.by_id: dict[str, int] = {}
+
+    def extend(self, messages: Sequence[BaseMessage]) -> None:
+        for i in range(self.size, len(messages)):
+            message = messages[i]
+            found = entities(_text(message))
+            self.ents.append(found)
+            for entity in found:
+                self.postings.setdefault(entity, []).append(i)
+            mid = str(message.id)
+            self.by_id[mid] = i
+            for cid in calls_of(message):
+                self.calls[cid] = i
+            if isinstance(message, ToolMessage) and message.tool_call_id in self.calls:
+                self._link(self.calls[message.tool_call_id], i)
+            target = (message.additional_kwargs or {}).get("reply_to")
+            if isinstance(target, str) and target in self.by_id:
+                self._link(self.by_id[target], i)
+        self.size = len(messages)
+        self.tail = str(messages[-1].id) if messages else ""
+
+    def _link(self, a: int, b: int) -> None:
+        self.links.setdefault(a, []).append(b)
+        self.links.setdefault(b, []).append(a)
+
+
+_INDEXES: OrderedDict[str, _LinkIndex] = OrderedDict()
+_INDEXES_LOCK = threading.Lock()
+_MAX_INDEXES = 32
+
+
+def _index_for(messages: Sequence[BaseMessage], floor: int) -> _LinkIndex:
+    """The link index of this history, extended to its end (rebuilt if rewritten)."""
+    key = f"{messages[0].id}\x1f{id(type(messages[0]))}"
+    with _INDEXES_LOCK:
+        index = _INDEXES.get(key)
+        valid = (
+            index is not None
+            and index.start <= floor
+            and index.size <= len(messages)
+            and (index.size == index.start or str(messages[index.size - 1].id) == index.tail)
+        )
+        if not valid:
+            index = _LinkIndex(floor)
+            _INDEXES[key] = index
+            if len(_INDEXES) > _MAX_INDEXES:
+                _INDEXES.popitem(last=False)
+        _INDEXES.move_to_end(key)
+        assert index is not None
+        index.extend(messages)
+        return index
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -482,11 +556,16 @@ def _unit_items(
     kept_tools: set[int],
     deps: NodeDeps,
     where: str,
+    shown: dict[str, WindowItem],
 ) -> dict[int, WindowItem]:
     items: dict[int, WindowItem] = {}
     for j in unit:
         item = message_item(messages[j], counts[j], "cache")
         if isinstance(messages[j], ToolMessage) and j not in kept_tools:
+            prior = shown.get(item["id"])
+            if prior is not None and prior.get("full_tokens") == counts[j]:
+                items[j] = {**prior, "tier": "cache"}
+                continue
             cleared = _placeholder(messages[j], counts[j], deps, where, "cache")
             if cleared is not None:
                 item = cleared

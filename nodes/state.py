@@ -137,6 +137,8 @@ class Frame(TypedDict, total=False):
     messages that left the context during this pipeline run (evicted or
     summarized), for the remember node to write to long-term memory. `last_used`
     maps recent message ids to the turn they were last relevant (the LRU strategy).
+    `horizon` is how far back the cache tier may look (`floor` index, the `tokens`
+    from there to the end, and their `limit`), kept incrementally.
     """
 
     template: str
@@ -152,6 +154,7 @@ class Frame(TypedDict, total=False):
     history_tail: str
     summaries: list[Summary]
     summarized: dict[str, Any]
+    horizon: dict[str, int]
     memories: list[Memory]
     pruned: list[PrunedItem]
     handoff: list[PrunedItem]

@@ -1,0 +1,206 @@
+"""Shared pieces of the `compress` and `locomo` benchmarks.
+
+- an exact cl100k `TokenCounter` and `Settings` that never touch the caller's `.llm/`;
+- a tiny synthetic LoCoMo-format file for `--smoke` (generated, never copied from the
+  data set), and a loader for every conversation of a LoCoMo file;
+- `RecordingSummaryModel`, a langchain-core fake chat model that records the prompts it
+  is sent and answers with a deterministic extract of them;
+- answer normalization for answer containment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import string
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import Field
+
+from llmctx.runtime.settings import Settings
+from llmctx.runtime.tokens import OFFLINE_ENCODING, TokenCounter
+from llmctx.runtime.transcripts import Transcript, load_transcript, transcript_info
+
+BENCH_MODEL = "gpt-4"
+"""A cl100k model: the data README's budgets are in cl100k tokens."""
+
+
+def bench_encoding() -> str:
+    """The encoding to count with: `LLMCTX_TOKENIZER` if set, else the offline cl100k."""
+    return os.environ.get("LLMCTX_TOKENIZER") or OFFLINE_ENCODING
+
+
+def bench_counter() -> TokenCounter:
+    """An exact cl100k counter (fails loudly rather than approximating)."""
+    counter = TokenCounter(BENCH_MODEL, encoding=bench_encoding())
+    if not counter.exact:
+        raise SystemExit(f"benchmark needs an exact tokenizer: {counter.fallback_reason}")
+    return counter
+
+
+def bench_settings(workspace: Path) -> Settings:
+    """Settings for a benchmark run: cl100k, no LLM, a private workspace."""
+    return Settings.load(
+        workspace=workspace, model=BENCH_MODEL, tokenizer=bench_encoding(), llm={"provider": "none"}
+    )
+
+
+def load_conversations(path: Path | str) -> list[Transcript]:
+    """Every conversation of a transcript file (a LoCoMo file holds several)."""
+    count = int(transcript_info(path)["conversations"])
+    return [load_transcript(path, conversation=i) for i in range(count)]
+
+
+# -- synthetic LoCoMo ----------------------------------------------------------------
+
+_NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid"]
+_PLACES = ["Lisbon", "Kyoto", "Denver", "Oslo", "Nairobi", "Quito", "Hanoi", "Tallinn"]
+_THINGS = ["pottery", "violin", "marathon", "garden", "novel", "bakery", "telescope", "kayak"]
+_FILLER_TEXT = (
+    "honestly it was a long week but the weekend felt great and I keep thinking about "
+    "what we talked about last time so tell me more about your plans and how things are"
+)
+_FILLER = tuple(_FILLER_TEXT.split())
+
+
+def write_synthetic_locomo(
+    path: Path, *, conversations: int = 2, sessions: int = 3, turns: int = 14, seed: int = 5
+) -> Path:
+    """Write a small LoCoMo-format file with facts, questions and evidence ids.
+
+    Every session's even turns state a fact (`<name> went to <place> for <thing>`);
+    questions ask about facts, and their evidence points at those turns. One question
+    has a malformed evidence string (`"D1:2; D2:4"`), one points at no turn (`"D99:1"`).
+    """
+    rng = random.Random(seed)
+    samples = []
+    for c in range(conversations):
+        a, b = rng.sample(_NAMES, 2)
+        conv: dict[str, Any] = {"speaker_a": a, "speaker_b": b}
+        facts: list[tuple[str, str, str, str]] = []  # (dia_id, who, place, thing)
+        for s in range(1, sessions + 1):
+            conv[f"session_{s}_date_time"] = f"1:{s:02d} pm on {s} May, 2023"
+            session = []
+            for t in range(1, turns + 1):
+                who = a if t % 2 == 1 else b
+                dia = f"D{s}:{t}"
+                filler = " ".join(rng.choice(_FILLER) for _ in range(rng.randint(8, 30)))
+                if t % 3 == 0:
+                    place, thing = rng.choice(_PLACES), rng.choice(_THINGS)
+                    text = f"Guess what, I went to {place} for the {thing} workshop! {filler}."
+                    facts.append((dia, who, place, thing))
+                else:
+                    text = f"{filler.capitalize()}."
+                turn = {"speaker": who, "dia_id": dia, "text": text}
+                if t == 4:
+                    turn["blip_caption"] = "a photo of a dog on a beach"
+                session.append(turn)
+            conv[f"session_{s}"] = session
+        qa: list[dict[str, Any]] = []
+        for i, (dia, who, place, thing) in enumerate(facts):
+            category = 1 + i % 5
+            item: dict[str, Any] = {
+                "question": f"Where did {who} go for the {thing} workshop?",
+                "evidence": [dia],
+                "category": category,
+            }
+            if category == 5:
+                item["adversarial_answer"] = "Paris"
+            else:
+                item["answer"] = place
+            qa.append(item)
+        qa.append(
+            {
+                "question": f"What did {a} do in the first two sessions?",
+                "answer": "workshops",
+                "evidence": ["D1:3; D2:6"],
+                "category": 1,
+            }
+        )
+        qa.append(
+            {
+                "question": "What happened later?",
+                "answer": "x",
+                "evidence": ["D99:1"],
+                "category": 4,
+            }
+        )
+        samples.append({"sample_id": f"syn-{c}", "conversation": conv, "qa": qa})
+    path.write_text(json.dumps(samples, indent=1), encoding="utf-8")
+    return path
+
+
+# -- a fake summarizer model -----------------------------------------------------------
+
+
+class RecordingSummaryModel(BaseChatModel):
+    """A fake chat model for summaries: records every prompt, replies with an extract.
+
+    The reply takes the first `words_per_line` words of each input line (the last
+    message's text, i.e. the renderings to summarize), up to `max_words` words, or
+    `max_tokens * 3 // 4` words when the caller binds `max_tokens`. Deterministic.
+    """
+
+    words_per_line: int = 8
+    max_words: int = 200
+    calls: list[list[BaseMessage]] = Field(default_factory=list)
+    max_tokens_seen: list[int | None] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "recording-summary-fake"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.calls.append(list(messages))
+        max_tokens = kwargs.get("max_tokens")
+        self.max_tokens_seen.append(max_tokens)
+        limit = self.max_words if max_tokens is None else max(1, int(max_tokens) * 3 // 4)
+        words: list[str] = []
+        source = messages[-1].text if messages else ""
+        for line in source.splitlines():
+            words.extend(line.split()[: self.words_per_line])
+            if len(words) >= limit:
+                break
+        text = " ".join(words[:limit])
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+
+# -- answers ---------------------------------------------------------------------------
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}\u2018\u2019\u201c\u201d]")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_text(text: str) -> str:
+    """SQuAD-style normalization: lowercase, no punctuation or articles, single spaces."""
+    text = _PUNCT.sub(" ", text.lower())
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def contains_answer(context: str, answer: str | None) -> bool:
+    """Whether the normalized answer occurs in the normalized context (on word bounds)."""
+    if answer is None:
+        return False
+    needle = normalize_text(answer)
+    if not needle:
+        return False
+    return f" {needle} " in f" {context} "
+
+
+def message_texts(messages: Sequence[BaseMessage]) -> str:
+    """The normalized text of a prompt, for answer containment."""
+    return normalize_text("\n".join(m.text for m in messages))
