@@ -8,7 +8,8 @@ history's and the summarized part's token totals.
 
 **Incremental and hierarchical.** Turns are summarized once, oldest first, in chunks
 of `chunk_size` messages (or tokens) that never split a tool unit, each into a
-level-0 summary. When the summaries outgrow the supporting tier they are
+level-0 summary. When the summaries outgrow their share of the supporting tier
+(`SUMMARY_SHARE`, the rest is for retrieved memories) they are
 re-compressed: the oldest few are merged into one summary a level up. Raw text is
 never summarized twice, so the tokens sent to the summarizer grow linearly with the
 conversation.
@@ -39,10 +40,20 @@ from llmctx.nodes.prune import prune_window
 from llmctx.nodes.state import ContextConfig, ContextState, Frame, PrunedItem, Summary
 from llmctx.runtime.summarizer import Summarizer, SummaryResult
 
-__all__ = ["MERGE_FAN_IN", "SUMMARY_RATIO", "needs_summary", "summarize", "summarize_window"]
+__all__ = [
+    "MERGE_FAN_IN",
+    "SUMMARY_RATIO",
+    "SUMMARY_SHARE",
+    "needs_summary",
+    "summarize",
+    "summarize_window",
+]
 
 SUMMARY_RATIO = 0.2
 """A chunk's summary may use this fraction of the chunk's tokens."""
+
+SUMMARY_SHARE = 0.5
+"""The share of the supporting tier the summaries may fill before re-compression."""
 
 MERGE_FAN_IN = 4
 """Re-compression merges up to this many of the oldest summaries into one."""
@@ -214,10 +225,13 @@ def summarize_window(
 
 
 def _summary_room(frame: Frame, deps: NodeDeps) -> int:
-    """Tokens the summaries may use: the supporting tier minus retrieved memories."""
+    """Tokens the summaries may use: `SUMMARY_SHARE` of the supporting tier.
+
+    The rest is kept for retrieved memories; whatever neither uses flows on to the
+    cache tier (older verbatim turns).
+    """
     limit = deps.template.budget.tiers.allocate(deps.budget)["supporting"]
-    memories = sum(int(m["tokens"]) for m in frame.get("memories", []))
-    return max(0, limit - memories)
+    return int(limit * SUMMARY_SHARE)
 
 
 def _protected_from(messages: Sequence[BaseMessage]) -> int:
