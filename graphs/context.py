@@ -22,7 +22,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
-from llmctx.nodes import ContextConfig, ContextState, Frame, compress
+from llmctx.nodes import ContextConfig, ContextState, Frame, compress, remember
 from llmctx.runtime.settings import Settings
 
 __all__ = ["build_context_graph"]
@@ -39,6 +39,7 @@ class ContextUpdate(TypedDict, total=False):
 
     context: Frame
     preserved: dict[str, Frame]
+    remembered: dict[str, Any]
 
 
 def build_context_graph(
@@ -52,6 +53,8 @@ def build_context_graph(
     tools: Sequence[Any] = (),
     settings: Settings | None = None,
     summarizer: Any = None,
+    user_id: str | None = None,
+    remember_turns: bool | None = None,
     name: str = "llmctx_context",
 ) -> CompiledStateGraph:
     """Build and compile the context pipeline: budget → prune → summarize.
@@ -62,6 +65,11 @@ def build_context_graph(
     `Summarizer`; unset, the configured LLM or else the extractive summarizer).
     With a checkpointer each turn is one version, whose `last_op` names the
     strongest operation that ran (`assemble`, `prune` or `summarize`).
+
+    With a `store` (e.g. `llmctx.runtime.ChromaStore`), the pipeline first retrieves
+    the user's memories (`user_id`) into the supporting tier, and a deferred
+    `remember` node writes each turn to the store afterwards (`remember_turns=False`
+    to leave writing to your own graph, e.g. after the model has answered).
 
     The factory's `template`, `budget`, `model`, `workspace`, `tools` and `settings`
     are the graph's defaults; a run overrides any of them with
@@ -81,11 +89,18 @@ def build_context_graph(
         tools=tuple(tools),
         settings=settings,
         summarizer=summarizer,
+        user_id=user_id,
     )
     builder = StateGraph(ContextState, context_schema=ContextConfig, output_schema=ContextUpdate)
     builder.add_node("context", _with_defaults(compress, defaults))
     builder.add_edge(START, "context")
-    builder.add_edge("context", END)
+    if remember_turns if remember_turns is not None else store is not None:
+        # Deferred: it runs once everything else in the run is done.
+        builder.add_node("remember", _with_defaults(remember, defaults), defer=True)
+        builder.add_edge("context", "remember")
+        builder.add_edge("remember", END)
+    else:
+        builder.add_edge("context", END)
     return builder.compile(
         checkpointer=False if checkpointer is None else checkpointer, store=store, name=name
     )

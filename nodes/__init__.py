@@ -1,8 +1,11 @@
 """Context operations as LangGraph nodes, and the state schema they share."""
 
+from llmctx.nodes._memory import memory_namespace
 from llmctx.nodes.budget import allocate_budget, assemble_window
 from llmctx.nodes.pipeline import compress, compress_frame
 from llmctx.nodes.prune import entities, hop_distances, prune, prune_window
+from llmctx.nodes.remember import remember, remember_messages
+from llmctx.nodes.retrieve import retrieve, retrieve_memories
 from llmctx.nodes.state import (
     ContextConfig,
     ContextState,
@@ -34,10 +37,15 @@ __all__ = [
     "compress_frame",
     "entities",
     "hop_distances",
+    "memory_namespace",
     "merge_preserved",
     "needs_summary",
     "prune",
     "prune_window",
+    "remember",
+    "remember_messages",
+    "retrieve",
+    "retrieve_memories",
     "summarize",
     "summarize_window",
     "window_messages",

@@ -34,6 +34,7 @@ class NodeDeps:
     tools_tokens: int
     settings: Settings
     summarizer: Summarizer
+    embedder: Any = None
 
 
 @lru_cache(maxsize=1)
@@ -115,4 +116,5 @@ def resolve_deps(context: ContextConfig | None, settings: Settings | None = None
         tools_tokens=_tools_tokens(counter, tools),
         settings=settings,
         summarizer=summarizer,
+        embedder=ctx.embedder,
     )

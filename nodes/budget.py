@@ -146,7 +146,10 @@ def assemble_window(
 
     # supporting: summaries (oldest first), then memories.
     available = limits["supporting"] + carry
-    supporting, left_out = _supporting(summaries, previous.get("memories", []), available)
+    shown_ids = {str(messages[i].id) for i in (*pin_items, *important)}
+    supporting, left_out = _supporting(
+        summaries, previous.get("memories", []), available, shown_ids
+    )
     carry = available - sum(it["tokens"] for it in supporting)
 
     # cache: older units, continuing the same walk (also below the boundary).
@@ -301,9 +304,12 @@ def _summarized_state(
 
 
 def _supporting(
-    summaries: list[Summary], memories: list[Any], available: int
+    summaries: list[Summary], memories: list[Any], available: int, shown: set[str]
 ) -> tuple[list[WindowItem], list[PrunedItem]]:
-    """Summaries (all, or the newest that fit, in order), then the memories that fit."""
+    """Summaries (all, or the newest that fit, in order), then the memories that fit.
+
+    A memory of a message the window already shows verbatim is skipped.
+    """
     items: list[WindowItem] = []
     left_out: list[PrunedItem] = []
     room = available
@@ -327,17 +333,20 @@ def _supporting(
             }
         )
     for memory in memories:
+        if memory.get("message_id") in shown:
+            continue
         if memory["tokens"] <= room:
             room -= memory["tokens"]
-            items.append(
-                {
-                    "kind": "memory",
-                    "id": memory["id"],
-                    "tokens": memory["tokens"],
-                    "tier": "supporting",
-                    "content": memory["text"],
-                }
-            )
+            item: WindowItem = {
+                "kind": "memory",
+                "id": memory["id"],
+                "tokens": memory["tokens"],
+                "tier": "supporting",
+                "content": memory["text"],
+            }
+            if memory.get("message_id"):
+                item["message_id"] = memory["message_id"]
+            items.append(item)
         else:
             left_out.append({"id": memory["id"], "reason": "memory out of budget"})
     return items, left_out

@@ -1,4 +1,4 @@
-"""The whole compression pipeline as one node: budget, prune, then summarize if due.
+"""The whole context pipeline as one node: retrieve, budget, prune, summarize if due.
 
 Run as one node, a turn's context change is one step, so a thread gets one version
 per turn (whose `last_op` names the strongest operation that ran) instead of one
@@ -22,6 +22,7 @@ from llmctx.nodes._deps import NodeDeps, resolve_deps
 from llmctx.nodes._window import LazyCounts
 from llmctx.nodes.budget import assemble_window
 from llmctx.nodes.prune import prune_window
+from llmctx.nodes.retrieve import retrieve_memories
 from llmctx.nodes.state import ContextConfig, ContextState, Frame, PrunedItem
 from llmctx.nodes.summarize import needs_summary, summarize_window
 
@@ -29,11 +30,20 @@ __all__ = ["compress", "compress_frame"]
 
 
 def compress(state: ContextState, runtime: Runtime[ContextConfig]) -> dict[str, Any]:
-    """LangGraph node: the frame for this turn, after budget, prune and summarize."""
-    deps = resolve_deps(runtime.context if runtime is not None else None)
+    """LangGraph node: the frame for this turn, after retrieve (when the graph has a
+    store), budget, prune and summarize."""
+    context = runtime.context if runtime is not None else None
+    deps = resolve_deps(context)
     info = getattr(runtime, "execution_info", None)
     version = getattr(info, "checkpoint_id", None) or None
     previous = state.get("context") or {}
+    store = getattr(runtime, "store", None)
+    if store is not None and deps.template.retrieval.enabled:
+        config = ContextConfig.coerce(context) if context is not None else None
+        memories = retrieve_memories(
+            state["messages"], deps, previous, store, user_id=getattr(config, "user_id", None)
+        )
+        previous = {**previous, "memories": memories}
     return {"context": compress_frame(state["messages"], deps, previous, version=version)}
 
 

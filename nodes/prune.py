@@ -177,6 +177,8 @@ def prune_window(
     used = fixed_tokens + sum(it["tokens"] for it in (*head, *supporting, *fixed.values()))
     room = budget - used
     taken = {str(messages[i].id) for i in fixed}
+    # A message the window already shows as a retrieved memory needs no second copy.
+    taken.update(str(it["message_id"]) for it in supporting if it.get("message_id"))
     candidates = _candidates(messages, floor, taken, distances, seen if policy.dedupe else None)
     turn = int(frame.get("turn", 0))
     last_used: dict[str, int] = {}

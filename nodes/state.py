@@ -51,7 +51,8 @@ class WindowItem(TypedDict):
     template or memory hold today. A message item that also carries `content` is
     shown in place of the original (`shown` says why: a `placeholder` for a cleared
     tool output or duplicate, or a `truncated` copy of an oversized message, with
-    its `full_tokens`); the original stays in `messages`.
+    its `full_tokens`); the original stays in `messages`. A `memory` item recalled
+    from a message names it in `message_id`.
     """
 
     kind: ItemKind
@@ -61,6 +62,7 @@ class WindowItem(TypedDict):
     content: NotRequired[str]
     shown: NotRequired[Literal["truncated", "placeholder"]]
     full_tokens: NotRequired[int]
+    message_id: NotRequired[str]
 
 
 class TierReport(TypedDict):
@@ -104,6 +106,7 @@ class Memory(TypedDict):
     text: str
     tokens: int
     score: NotRequired[float]
+    message_id: NotRequired[str]
 
 
 class PrunedItem(TypedDict):
@@ -179,11 +182,17 @@ def merge_preserved(
 
 
 class ContextState(TypedDict):
-    """The graph state every llmctx node reads and updates."""
+    """The graph state every llmctx node reads and updates.
+
+    `remembered` is the remember node's progress mark (how much of `messages` and
+    which summaries are in long-term memory); it is not part of the frame, so a
+    memory write does not make a new context version.
+    """
 
     messages: Annotated[list[AnyMessage], add_messages]
     context: NotRequired[Frame]
     preserved: NotRequired[Annotated[dict[str, Frame], merge_preserved]]
+    remembered: NotRequired[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -198,7 +207,10 @@ class ContextConfig:
     are the tool schemas the model will be sent, so that they are counted too;
     `settings` (a `Settings`) replaces the process-wide `Settings.load()`;
     `summarizer` is a LangChain chat model or an `llmctx.runtime.Summarizer` (unset:
-    the configured LLM if any, else the extractive summarizer).
+    the configured LLM if any, else the extractive summarizer); `user_id` selects
+    whose long-term memories are read and written (each user has their own
+    namespace); `embedder` (LangChain `Embeddings` or a Chroma embedding function)
+    replaces the configured one for dense retrieval.
     """
 
     template: Any = None
@@ -208,6 +220,8 @@ class ContextConfig:
     tools: tuple[Any, ...] = field(default_factory=tuple)
     settings: Any = None
     summarizer: Any = None
+    user_id: str | None = None
+    embedder: Any = None
 
     def over(self, defaults: ContextConfig | None) -> ContextConfig:
         """This run's values, with anything unset taken from `defaults`."""
@@ -221,6 +235,8 @@ class ContextConfig:
             tools=self.tools or defaults.tools,
             settings=self.settings if self.settings is not None else defaults.settings,
             summarizer=self.summarizer if self.summarizer is not None else defaults.summarizer,
+            user_id=self.user_id or defaults.user_id,
+            embedder=self.embedder if self.embedder is not None else defaults.embedder,
         )
 
     @classmethod

@@ -7,6 +7,7 @@ an import cycle.
 """
 
 from llmctx.runtime.checkpointer import LlmctxSaver, VersionRow
+from llmctx.runtime.embeddings import Embedder, make_embedder
 from llmctx.runtime.errors import (
     BudgetError,
     CheckpointStoreError,
@@ -26,6 +27,7 @@ from llmctx.runtime.errors import (
     WorkspacePathError,
 )
 from llmctx.runtime.models import chat_model
+from llmctx.runtime.retrieval import Hit, HybridRetriever
 from llmctx.runtime.savers import open_async_saver, open_saver
 from llmctx.runtime.settings import (
     EmbeddingSettings,
@@ -85,10 +87,13 @@ __all__ = [
     "ChatModelSummarizer",
     "CheckpointStoreError",
     "ConfigError",
+    "Embedder",
     "EmbeddingSettings",
     "ExtractiveSummarizer",
     "GcReport",
     "HealthReport",
+    "Hit",
+    "HybridRetriever",
     "LLMSettings",
     "LifecycleSettings",
     "LlmctxError",
@@ -130,6 +135,7 @@ __all__ = [
     "get",
     "history",
     "load_transcript",
+    "make_embedder",
     "make_summarizer",
     "open_async_saver",
     "open_saver",

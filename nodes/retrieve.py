@@ -1,0 +1,123 @@
+"""The retrieve node: bring the long-term memories this turn needs into the frame.
+
+It queries the store (hybrid BM25 + dense retrieval, `llmctx.runtime.HybridRetriever`)
+with the latest user message, plus the turn before it as the focus, under the
+template's namespaces for the run's user. Hits are rendered with their date, counted
+exactly, and kept while they fit the supporting tier's room for memories (what the
+summaries leave); memories of messages the window already shows are skipped. The ids
+and scores go into the frame (`memories`), where the budget node places them.
+
+Without a store, or with retrieval disabled by the template, it does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langgraph.runtime import Runtime
+from langgraph.store.base import BaseStore
+
+from llmctx.nodes._deps import NodeDeps, resolve_deps
+from llmctx.nodes._memory import (
+    embedder_for,
+    memory_content,
+    memory_namespace,
+    message_text,
+    retriever_for,
+)
+from llmctx.nodes.state import ContextConfig, ContextState, Frame, Memory
+
+__all__ = ["MEMORY_ITEM_PREFIX", "retrieve", "retrieve_memories"]
+
+MEMORY_ITEM_PREFIX = "llmctx:memory:"
+
+_FOCUS_CHARS = 400
+
+
+def retrieve(state: ContextState, runtime: Runtime[ContextConfig]) -> dict[str, Any]:
+    """LangGraph node: set the frame's `memories` for this turn (needs the graph's store)."""
+    context = runtime.context if runtime is not None else None
+    deps = resolve_deps(context)
+    store = getattr(runtime, "store", None)
+    frame: Frame = state.get("context") or {}
+    if store is None or not deps.template.retrieval.enabled:
+        return {}
+    user = getattr(ContextConfig.coerce(context), "user_id", None) if context else None
+    memories = retrieve_memories(state["messages"], deps, frame, store, user_id=user)
+    if memories == frame.get("memories", []):
+        return {}
+    return {"context": {**frame, "memories": memories}}
+
+
+def retrieve_memories(
+    messages: Sequence[BaseMessage],
+    deps: NodeDeps,
+    frame: Frame,
+    store: BaseStore,
+    *,
+    user_id: str | None = None,
+    embedder: Any = None,
+) -> list[Memory]:
+    """The memories for the latest user message, best first, within their room."""
+    policy = deps.template.retrieval
+    query_at = _latest_human(messages)
+    if query_at is None or not policy.enabled:
+        return []
+    query = message_text(messages[query_at])
+    if not query:
+        return []
+    focus = " ".join(
+        message_text(m)
+        for m in messages[max(0, query_at - 2) : query_at]
+        if not isinstance(m, ToolMessage | SystemMessage)
+    )[-_FOCUS_CHARS:]
+    retriever = retriever_for(store, embedder_for(deps.settings, embedder or deps.embedder))
+    known = int(frame.get("history_messages", 0))
+    shown = {it["id"] for it in frame.get("window", []) if it["kind"] == "message"}
+    shown.update(str(m.id) for m in messages[min(known, len(messages)) :])
+    hits = []
+    for domain in policy.namespaces:
+        hits.extend(
+            retriever.search(
+                memory_namespace(user_id, domain),
+                query,
+                k=policy.k,
+                focus=focus or None,
+                exclude_ids=shown,
+                min_score=policy.min_score,
+            )
+        )
+    hits.sort(key=lambda h: (-h.score, h.key))
+    room = _memory_room(frame, deps)
+    out: list[Memory] = []
+    seen: set[str] = set()
+    for hit in hits:
+        if hit.key in seen:
+            continue
+        seen.add(hit.key)
+        content = memory_content({**hit.value, "text": hit.text})
+        item_id = f"{MEMORY_ITEM_PREFIX}{hit.key}"
+        tokens = deps.counter.count_message(SystemMessage(content=content, id=item_id))
+        if tokens > room:
+            continue
+        room -= tokens
+        memory: Memory = {"id": item_id, "text": content, "tokens": tokens, "score": hit.score}
+        if hit.message_id:
+            memory["message_id"] = hit.message_id  # type: ignore[typeddict-unknown-key]
+        out.append(memory)
+    return out
+
+
+def _memory_room(frame: Frame, deps: NodeDeps) -> int:
+    """The supporting tier minus what the active summaries take."""
+    limit = deps.template.budget.tiers.allocate(deps.budget)["supporting"]
+    return max(0, limit - sum(int(s["tokens"]) for s in frame.get("summaries", [])))
+
+
+def _latest_human(messages: Sequence[BaseMessage]) -> int | None:
+    for i in range(len(messages) - 1, -1, -1):
+        if isinstance(messages[i], HumanMessage):
+            return i
+    return None
