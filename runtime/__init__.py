@@ -13,6 +13,7 @@ from llmctx.runtime.errors import (
     CheckpointStoreError,
     ConfigError,
     LlmctxError,
+    MemoryStoreError,
     SummarizerError,
     TagError,
     TemplateError,
@@ -26,6 +27,7 @@ from llmctx.runtime.errors import (
     WorkspaceError,
     WorkspacePathError,
 )
+from llmctx.runtime.memory import ChromaStore
 from llmctx.runtime.models import chat_model
 from llmctx.runtime.retrieval import Hit, HybridRetriever
 from llmctx.runtime.savers import open_async_saver, open_saver
@@ -33,6 +35,7 @@ from llmctx.runtime.settings import (
     EmbeddingSettings,
     LifecycleSettings,
     LLMSettings,
+    MemorySettings,
     MonitoringSettings,
     Settings,
 )
@@ -86,6 +89,7 @@ __all__ = [
     "CacheInfo",
     "ChatModelSummarizer",
     "CheckpointStoreError",
+    "ChromaStore",
     "ConfigError",
     "Embedder",
     "EmbeddingSettings",
@@ -98,6 +102,8 @@ __all__ = [
     "LifecycleSettings",
     "LlmctxError",
     "LlmctxSaver",
+    "MemorySettings",
+    "MemoryStoreError",
     "MonitoringSettings",
     "PruneReport",
     "QAItem",

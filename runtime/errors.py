@@ -89,5 +89,10 @@ class UnsupportedSaverError(LlmctxError):
     """The checkpoint saver cannot do what was asked (e.g. delete single checkpoints)."""
 
 
+class MemoryStoreError(LlmctxError, ValueError):
+    """The memory store cannot do what was asked: a bad value, filter or argument, or
+    Chroma failed. A `ValueError` too, like the errors of LangGraph's own stores."""
+
+
 class SummarizerError(LlmctxError):
     """The summarizer cannot run: the chat model failed, or its arguments are invalid."""

@@ -52,6 +52,7 @@ __all__ = [
     "EmbeddingSettings",
     "LLMSettings",
     "LifecycleSettings",
+    "MemorySettings",
     "MonitoringSettings",
     "Settings",
 ]
@@ -117,6 +118,17 @@ class EmbeddingSettings(_Section):
     api_key: SecretStr | None = None
 
 
+class MemorySettings(_Section):
+    """Long-term memory: the embedded Chroma store under `.llm/memory/`, or a server.
+
+    `url` set (e.g. `http://chroma:8000`) uses a Chroma server through `HttpClient`,
+    so several machines share one memory; unset, a local `PersistentClient`.
+    """
+
+    url: str | None = Field(None, description="Chroma server URL; unset: embedded")
+    collection: str = Field("llmctx-memory", min_length=3, max_length=63)
+
+
 class MonitoringSettings(_Section):
     """Latency and token metrics with confidence intervals and alerts."""
 
@@ -163,6 +175,7 @@ class Settings(BaseSettings):
     default_template: str = Field("general", min_length=1)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
 
