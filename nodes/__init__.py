@@ -1,6 +1,6 @@
 """Context operations as LangGraph nodes, and the state schema they share."""
 
-from llmctx.nodes._memory import memory_namespace
+from llmctx.nodes._memory import DEFAULT_USER, MEMORY_ROOT, memory_namespace
 from llmctx.nodes.budget import allocate_budget, assemble_window
 from llmctx.nodes.pipeline import compress, compress_frame
 from llmctx.nodes.prune import entities, hop_distances, prune, prune_window
@@ -22,6 +22,8 @@ from llmctx.nodes.state import (
 from llmctx.nodes.summarize import needs_summary, summarize, summarize_window
 
 __all__ = [
+    "DEFAULT_USER",
+    "MEMORY_ROOT",
     "ContextConfig",
     "ContextState",
     "Frame",

@@ -15,6 +15,7 @@ from langchain_core.messages import BaseMessage, ToolMessage
 from langgraph.store.base import BaseStore
 
 from llmctx.runtime.embeddings import Embedder, make_embedder
+from llmctx.runtime.errors import ConfigError
 from llmctx.runtime.retrieval import HybridRetriever
 from llmctx.runtime.transcripts import message_meta
 
@@ -32,8 +33,15 @@ def memory_namespace(user_id: str | None, domain: str) -> tuple[str, ...]:
     """The namespace of one user's memories in one domain (a template's namespace).
 
     Users are isolated by namespace: a search under one user's prefix never sees
-    another user's memories.
+    another user's memories. Raises `ConfigError` for a user or domain a store
+    namespace cannot hold (empty, or containing `.`).
     """
+    for what, value in (("user_id", user_id or DEFAULT_USER), ("namespace", domain)):
+        if not value or "." in value:
+            raise ConfigError(
+                f"{what} {value!r} cannot name a memory namespace: it must be non-empty "
+                "and contain no '.' (use e.g. 'alice-example-com' for an email address)"
+            )
     return (*MEMORY_ROOT, user_id or DEFAULT_USER, domain)
 
 

@@ -11,9 +11,10 @@ import functools
 import json
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import timedelta
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from llmctx.runtime.errors import ConfigError, LlmctxError, ThreadNotFoundError
 from llmctx.runtime.settings import Settings
@@ -36,8 +38,12 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show the effective settings.", no_args_is_help=True)
 templates_app = typer.Typer(help="List, show and validate domain templates.", no_args_is_help=True)
+memory_app = typer.Typer(
+    help="Long-term memory: add, search, count and clear memories.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 app.add_typer(templates_app, name="templates")
+app.add_typer(memory_app, name="memory")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -48,6 +54,14 @@ WORKSPACE_OPT = typer.Option(
     None, "--workspace", "-w", help="The .llm workspace folder.", envvar=None
 )
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
+USER_OPT = typer.Option(
+    None, "--user", "-u", help="The user whose memories these are (default: 'default')."
+)
+MEMORY_OPT = typer.Option(
+    True,
+    "--memory/--no-memory",
+    help="Write the turns to long-term memory and retrieve from it.",
+)
 
 
 def _user_errors(fn: F) -> F:
@@ -222,11 +236,19 @@ def replay(
     budget: int | None = typer.Option(
         None, "--budget", "-b", min=1, help="Window budget in tokens (all included)."
     ),
+    user: str | None = USER_OPT,
+    memory: bool = MEMORY_OPT,
     workspace: Path | None = WORKSPACE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Feed a conversation turn by turn through the context graph; every turn is a version."""
-    _run_replay(transcript, conversation, thread, template, budget, workspace, as_json)
+    """Feed a conversation turn by turn through the context graph; every turn is a version.
+
+    Each turn is also written to the user's long-term memory, and memories of earlier
+    turns are retrieved into the window (--no-memory turns both off).
+    """
+    _run_replay(
+        transcript, conversation, thread, template, budget, workspace, as_json, user, memory
+    )
 
 
 @app.command()
@@ -234,13 +256,17 @@ def replay(
 def demo(
     budget: int = typer.Option(2_000, "--budget", "-b", min=1, help="Window budget in tokens."),
     thread: str = typer.Option("demo", "--thread", "-t"),
+    user: str | None = USER_OPT,
+    memory: bool = MEMORY_OPT,
     workspace: Path | None = WORKSPACE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Replay the sample conversation shipped with llmctx (no file needed)."""
     from llmctx.runtime.transcripts import demo_transcript_path
 
-    _run_replay(demo_transcript_path(), None, thread, None, budget, workspace, as_json)
+    _run_replay(
+        demo_transcript_path(), None, thread, None, budget, workspace, as_json, user, memory
+    )
 
 
 def _run_replay(
@@ -251,6 +277,8 @@ def _run_replay(
     budget: int | None,
     workspace: Path | None,
     as_json: bool,
+    user: str | None,
+    memory: bool,
 ) -> None:
     from llmctx.graphs import build_context_graph
     from llmctx.graphs.replay import default_thread_id, replay
@@ -259,18 +287,23 @@ def _run_replay(
     from llmctx.runtime.workspace import Workspace
 
     settings = _settings(workspace)
+    user_id = _label(user, "user id", "--user") if user is not None else None
     transcript = load_transcript(path, conversation=conversation)
     thread_id = thread or default_thread_id(Path(path), conversation)
     ws = Workspace.from_settings(settings)
     ws.ensure()
-    with open_saver(ws) as saver:
+    with ExitStack() as stack:
+        saver = stack.enter_context(open_saver(ws))
+        store = stack.enter_context(_open_store(settings)) if memory else None
         graph = build_context_graph(
             template=template or settings.default_template,
             checkpointer=saver,
+            store=store,
             budget=budget,
             model=settings.model,
             workspace=ws.root,
             settings=settings,
+            user_id=user_id,
         )
         show_progress = not as_json and out.is_terminal
         if show_progress:
@@ -290,12 +323,25 @@ def _run_replay(
                 report = replay(transcript, graph, thread_id=thread_id, on_turn=_tick)
         else:
             report = replay(transcript, graph, thread_id=thread_id)
-    data = report.to_dict()
+        data = report.to_dict()
+        data["memory"] = _replay_memory(store, user_id)
     data["checkpoints"] = str(ws.path("versions"))
     if as_json:
         _print_json(data)
         return
     _print_replay(report, data)
+
+
+def _replay_memory(store: Any, user_id: str | None) -> dict[str, Any] | None:
+    """Where the replay's memories went, and how many the user has now."""
+    if store is None:
+        return None
+    user = user_id or _default_user()
+    return {
+        "user": user,
+        "location": store.location,
+        "count": store.count((*_memory_root(), user)),
+    }
 
 
 # The op every turn runs; the table names an op only when it is another one.
@@ -340,6 +386,13 @@ def _print_replay(report: Any, data: dict[str, Any]) -> None:
     )
     out.print(f"{_tokens_note(report.tokenizer)}; {report.elapsed_s:.1f}s.")
     out.print(f"Versions in {data['checkpoints']} (llmctx history {report.thread_id}).")
+    memory = data.get("memory")
+    if memory:
+        out.print(
+            f"{_memories(memory['count'])} of user '{memory['user']}' in long-term memory "
+            "(llmctx memory stats).",
+            markup=False,
+        )
 
 
 def _tokens_note(tok: dict[str, Any]) -> str:
@@ -366,6 +419,401 @@ def _short_reason(reason: str | None) -> str:
         return ""
     short = ": ".join(reason.split("; ")[0].split(": ")[:2])
     return short if len(short) <= 80 else short[:77] + "..."
+
+
+# --------------------------------------------------------------------------- memory
+
+SCOPE_USER_OPT = typer.Option(
+    None, "--user", "-u", help="Only this user's memories (default: every user's)."
+)
+YES_OPT = typer.Option(
+    False,
+    "--yes",
+    "-y",
+    help="Delete without asking. Otherwise clear asks, and refuses (deleting nothing) "
+    "when no answer can be read, e.g. in cron or CI.",
+)
+
+# A user id or domain becomes a namespace label: never empty, never holding a "."
+# (LangGraph's rule), and kept plain so that listings stay readable.
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_@:+=-]{0,127}")
+_KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_MAX_K = 1000
+
+
+def _label(value: str, what: str, where: str) -> str:
+    if not _LABEL.fullmatch(value):
+        raise ConfigError(
+            f"invalid {what} {value!r} ({where}): use 1-128 letters, digits and _ - @ : + =, "
+            "starting with a letter or digit (no spaces, '.' or '/')"
+        )
+    return value
+
+
+def _open_store(settings: Settings) -> Any:
+    """The settings' memory store (embedded in `<workspace>/memory/`, or a server);
+    a context manager that closes it. chromadb is imported here, on first use."""
+    from llmctx.runtime.memory import ChromaStore
+
+    return ChromaStore.from_settings(settings)
+
+
+def _memory_root() -> tuple[str, ...]:
+    from llmctx.nodes import MEMORY_ROOT
+
+    return MEMORY_ROOT
+
+
+def _default_user() -> str:
+    from llmctx.nodes import DEFAULT_USER
+
+    return DEFAULT_USER
+
+
+def _default_domain(settings: Settings) -> str:
+    """The namespace the default template's turns are remembered in (its first one)."""
+    from llmctx.templates import TemplateRegistry
+
+    name = settings.default_template
+    template = TemplateRegistry(user_dir=settings.workspace / "templates").get(name)
+    domain = template.retrieval.namespaces[0]
+    return _label(domain, "domain", f"template '{name}', retrieval.namespaces")
+
+
+def _memory_namespaces(store: Any, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every user/domain namespace under `prefix` that holds memories, sorted."""
+    depth = len(_memory_root()) + 2
+    found: list[tuple[str, ...]] = []
+    while True:
+        page = store.list_namespaces(prefix=prefix, max_depth=depth, limit=1000, offset=len(found))
+        found.extend(page)
+        if len(page) < 1000:
+            return sorted(set(found))
+
+
+def _namespace_parts(namespace: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """`(user, domain)` of a memory namespace (None where it is shorter)."""
+    rest = namespace[len(_memory_root()) :]
+    return (rest[0] if rest else None, rest[1] if len(rest) > 1 else None)
+
+
+def _when(value: dict[str, Any]) -> str:
+    when = value.get("when")
+    if isinstance(when, str) and when:
+        return when
+    ts = value.get("ts")
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+    return ""
+
+
+def _embedder_info(settings: Settings) -> dict[str, Any]:
+    provider = settings.embeddings.provider
+    return {
+        "provider": provider,
+        "model": None if provider == "none" else settings.embeddings.model,
+        "dense": provider != "none",
+    }
+
+
+@memory_app.command("add")
+@_user_errors
+def memory_add(
+    text: str = typer.Argument(..., help="What to remember."),
+    user: str | None = USER_OPT,
+    domain: str | None = typer.Option(
+        None, "--domain", "-d", help="The domain (default: the default template's namespace)."
+    ),
+    kind: str = typer.Option("note", "--kind", help="The memory's kind (note, fact, ...)."),
+    importance: float | None = typer.Option(
+        None, "--importance", help="0 to 1; ranks important memories higher (unset: 0.5)."
+    ),
+    workspace: Path | None = WORKSPACE_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Remember a note for a user; replays and searches find it like any turn."""
+    from llmctx.runtime.retrieval import HybridRetriever
+
+    settings = _settings(workspace)
+    text = text.strip()
+    if not text:
+        raise ConfigError("the memory's text is empty: llmctx memory add 'what to remember'")
+    if not _KIND.fullmatch(kind):
+        raise ConfigError(
+            f"invalid kind {kind!r} (--kind): use 1-32 lowercase letters, digits, _ and -, "
+            "starting with a letter"
+        )
+    if importance is not None and not 0.0 <= importance <= 1.0:
+        raise ConfigError(f"--importance must be within 0 and 1, got {importance}")
+    user_id = _label(user, "user id", "--user") if user is not None else _default_user()
+    domain = _label(domain, "domain", "--domain") if domain is not None else None
+    domain = domain or _default_domain(settings)
+    namespace = (*_memory_root(), user_id, domain)
+    now = time.time()
+    value: dict[str, Any] = {
+        "text": text,
+        "kind": kind,
+        "ts": now,
+        "when": datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M"),
+        "source": "cli",
+    }
+    if importance is not None:
+        value["importance"] = importance
+    with _open_store(settings) as store:
+        before = store.count(namespace)
+        # No embedder: vectors are the searcher's business, and would be dropped here.
+        (key,) = HybridRetriever(store, dense="off").add(namespace, [value])
+        count = store.count(namespace)
+    data = {
+        "id": key,
+        "created": count > before,
+        "user": user_id,
+        "domain": domain,
+        "namespace": list(namespace),
+        "kind": kind,
+        "text": text,
+        "importance": importance,
+        "count": count,
+    }
+    if as_json:
+        _print_json(data)
+        return
+    verb = "added" if data["created"] else "updated"
+    out.print(
+        f"{verb} {kind} {key} for user '{user_id}' in domain '{domain}' ({_memories(count)} there)",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@memory_app.command("search")
+@_user_errors
+def memory_search(
+    query: str = typer.Argument(..., help="What to look for."),
+    user: str | None = USER_OPT,
+    domain: str | None = typer.Option(
+        None, "--domain", "-d", help="Only this domain (default: every domain of the user)."
+    ),
+    k: int = typer.Option(5, "--top", "-k", help="How many memories to return."),
+    workspace: Path | None = WORKSPACE_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Search a user's memories, best first, as the retrieve node does (BM25 + dense)."""
+    from llmctx.runtime.embeddings import make_embedder
+    from llmctx.runtime.retrieval import HybridRetriever
+
+    settings = _settings(workspace)
+    if not query.strip():
+        raise ConfigError("the search query is empty: llmctx memory search 'what to look for'")
+    if not 1 <= k <= _MAX_K:
+        raise ConfigError(f"-k must be between 1 and {_MAX_K}, got {k}")
+    user_id = _label(user, "user id", "--user") if user is not None else _default_user()
+    prefix: tuple[str, ...] = (*_memory_root(), user_id)
+    if domain is not None:
+        prefix = (*prefix, _label(domain, "domain", "--domain"))
+    embedder = make_embedder(settings)
+    with _open_store(settings) as store:
+        retriever = HybridRetriever(store, embedder=embedder)
+        hits = retriever.search(prefix, query, k=k)
+        location = store.location
+    rows = [
+        {
+            "id": hit.key,
+            "namespace": list(hit.namespace),
+            "domain": _namespace_parts(hit.namespace)[1],
+            "score": round(hit.score, 6),
+            "kind": hit.value.get("kind"),
+            "when": _when(hit.value) or None,
+            "text": hit.text,
+            "message_id": hit.message_id,
+            "thread": hit.value.get("thread"),
+            "lexical_rank": hit.lexical_rank,
+            "dense_rank": hit.dense_rank,
+            "via": hit.via,
+        }
+        for hit in hits
+    ]
+    if as_json:
+        _print_json(
+            {
+                "query": query,
+                "user": user_id,
+                "domain": domain,
+                "k": k,
+                "dense": retriever.dense,
+                "embedder": embedder.name if embedder else None,
+                "store": location,
+                "hits": rows,
+            }
+        )
+        return
+    where = f"user '{user_id}'" + (f", domain '{domain}'" if domain else "")
+    if not rows:
+        out.print(f"no memories of {where} match {query!r}", markup=False, soft_wrap=True)
+        return
+    how = f"dense: {embedder.name}" if embedder else "lexical only"
+    out.print(_hits_table(rows, f"memories of {where} for {query!r}", f"{len(rows)} hit(s), {how}"))
+
+
+def _hits_table(rows: list[dict[str, Any]], title: str, caption: str) -> Table:
+    """One line per hit at any width: short columns clipped, the text gets the rest."""
+    headers = ["score", "kind", "when"]
+    caps = [5, 12, 22]
+    cells = [[f"{r['score']:.3f}", str(r["kind"] or ""), r["when"] or ""] for r in rows]
+    if len({r["domain"] for r in rows}) > 1:  # hits from several domains: say which
+        headers.append("domain")
+        caps.append(16)
+        for row, r in zip(cells, rows, strict=True):
+            row.append(str(r["domain"] or ""))
+    cells = [[_clip(c, cap) for c, cap in zip(row, caps, strict=True)] for row in cells]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    room = max(20, out.width - sum(widths) - 2 * len(widths))  # 2 spaces between columns
+    # Text, not str: memories and queries may hold [brackets] that rich reads as markup.
+    table = Table(title=Text(title), caption=caption, box=None, pad_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header, justify="right" if header == "score" else "left", no_wrap=True)
+    table.add_column("text", no_wrap=True)
+    for row, r in zip(cells, rows, strict=True):
+        table.add_row(*map(Text, row), Text(_clip(" ".join(r["text"].split()), room)))
+    return table
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@memory_app.command("stats")
+@_user_errors
+def memory_stats(
+    user: str | None = SCOPE_USER_OPT,
+    workspace: Path | None = WORKSPACE_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Count memories per user and domain; show where the store lives and the embedder."""
+    settings = _settings(workspace)
+    scope = _memory_root()
+    if user is not None:
+        scope = (*scope, _label(user, "user id", "--user"))
+    with _open_store(settings) as store:
+        rows = []
+        for namespace in _memory_namespaces(store, scope):
+            owner, domain = _namespace_parts(namespace)
+            count = store.count(namespace)
+            if count:
+                rows.append({"user": owner, "domain": domain, "count": count})
+        total = store.count(scope)
+        location = store.location
+    url = settings.memory.url
+    data = {
+        "user": user,
+        "total": total,
+        "namespaces": rows,
+        "store": {
+            "kind": "server" if url else "embedded",
+            "location": location,
+            "url": url,
+            "collection": settings.memory.collection,
+        },
+        "embedder": _embedder_info(settings),
+    }
+    if as_json:
+        _print_json(data)
+        return
+    if rows:
+        table = Table(title="memories", box=None, pad_edge=False, header_style="bold")
+        table.add_column("user", overflow="fold")
+        table.add_column("domain", overflow="fold")
+        table.add_column("memories", justify="right", no_wrap=True)
+        for row in rows:
+            table.add_row(Text(str(row["user"])), Text(str(row["domain"] or "")), str(row["count"]))
+        out.print(table)
+    whose = f" of user '{user}'" if user else ""
+    kind = "a Chroma server" if url else "the embedded Chroma store"
+    out.print(
+        f"{_memories(total)}{whose} in {kind} at {location} "
+        f"(collection {settings.memory.collection}).",
+        markup=False,
+        soft_wrap=True,  # keep the path whole
+    )
+    embedder = data["embedder"]
+    if embedder["dense"]:
+        out.print(f"Embedder: {embedder['provider']} {embedder['model']} (hybrid retrieval).")
+    else:
+        out.print("Embedder: none (lexical retrieval only).")
+
+
+@memory_app.command("clear")
+@_user_errors
+def memory_clear(
+    user: str | None = SCOPE_USER_OPT,
+    domain: str | None = typer.Option(
+        None, "--domain", "-d", help="Only this domain (of --user, else of every user)."
+    ),
+    yes: bool = YES_OPT,
+    workspace: Path | None = WORKSPACE_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Delete memories: every user's, one user's (--user), or one domain's (--domain)."""
+    settings = _settings(workspace)
+    user_id = _label(user, "user id", "--user") if user is not None else None
+    domain = _label(domain, "domain", "--domain") if domain is not None else None
+    root = _memory_root()
+    with _open_store(settings) as store:
+        if domain is not None and user_id is None:
+            scopes = [ns for ns in _memory_namespaces(store, root) if len(ns) > len(root) + 1]
+            scopes = [ns for ns in scopes if _namespace_parts(ns)[1] == domain]
+        else:
+            scopes = [(*root, *(x for x in (user_id, domain) if x is not None))]
+        what = _scope_words(user_id, domain)
+        count = sum(store.count(ns) for ns in scopes)
+        location = store.location
+        if count and not yes:
+            _confirm_clear(f"Delete {_memories(count)} of {what} from {location}?", count, what)
+        deleted = sum(store.clear(ns) for ns in scopes) if count else 0
+    if as_json:
+        _print_json(
+            {
+                "deleted": deleted,
+                "user": user_id,
+                "domain": domain,
+                "scope": what,
+                "store": location,
+                "namespaces": [list(ns) for ns in scopes],
+            }
+        )
+        return
+    out.print(f"deleted {_memories(deleted)} of {what}", markup=False, soft_wrap=True)
+
+
+def _memories(count: int) -> str:
+    return f"{count} memor{'y' if count == 1 else 'ies'}"
+
+
+def _scope_words(user: str | None, domain: str | None) -> str:
+    if user and domain:
+        return f"user '{user}' in domain '{domain}'"
+    if user:
+        return f"user '{user}' (every domain)"
+    if domain:
+        return f"every user in domain '{domain}'"
+    return "every user"
+
+
+def _confirm_clear(question: str, count: int, what: str) -> None:
+    """Ask on the terminal; no answer (EOF) refuses with a user error, "no" cancels."""
+    try:
+        confirmed = typer.confirm(question, default=False, err=True)
+    except typer.Abort:  # EOF (stdin closed, empty, or not a terminal) or Ctrl-C
+        err.print()  # the prompt left its line open
+        raise ConfigError(
+            f"not deleting {_memories(count)} of {what}: no answer was given (stdin is "
+            "closed or not interactive); pass --yes to delete without asking"
+        ) from None
+    if not sys.stdin.isatty():
+        err.print()  # a piped answer is not echoed: end the prompt's line
+    if not confirmed:
+        err.print("cancelled: nothing deleted", markup=False)
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- versions
@@ -519,7 +967,9 @@ def show(
     for n, (item, message) in enumerate(zip(items, state.messages, strict=True)):
         text = " ".join(str(message.text or message.content).split())
         text = text if len(text) <= room else text[: room - 1] + "…"
-        table.add_row(str(n), item["kind"], item["id"], str(item["tokens"]), item["tier"], text)
+        table.add_row(
+            str(n), item["kind"], Text(item["id"]), str(item["tokens"]), item["tier"], Text(text)
+        )
     out.print(table)
     for summary in frame.get("summaries", []):
         out.print(
