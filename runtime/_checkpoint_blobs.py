@@ -1,93 +1,159 @@
-"""Channel values as rows of the `blobs` table: encoding, and materializing them back.
+"""Channel values and pending writes as stored payloads: encoding, and reading back.
 
-A value is written only when its channel's version changes. The encoder picks the
-cheapest correct form against the channel's latest value this process knows:
+A channel's value is written only when its version changes, as one `blobs` row:
 
-* `append` when the value is a list that extends the base list item for item (the
-  `messages` history): only the new items are stored. A full copy is written once
-  the appended bytes since the last full copy reach `append_ratio` times its size,
-  so the full copies grow geometrically and their total stays linear in the
-  history (a fixed every-K snapshot would make storage quadratic).
-* `zdelta` when the serde bytes can be compressed against the base's bytes (the
-  frame, which changes a little every turn); a full copy every `delta_depth`
-  versions bounds a read to that many decompressions.
-* `full` otherwise (linked by `extends` to the list it extends, if any); a channel
-  without a value gets no row.
+* `APPEND` when the value is a list that extends the channel's previous list item
+  for item (the `messages` history): only the new items are stored, and `base`
+  names the version extended. A full copy is written once the appended bytes since
+  the last one reach `append_ratio` times its size, so full copies grow
+  geometrically and their total stays linear in the history (a fixed every-K
+  snapshot would make storage quadratic);
+* `FULL` otherwise: the serde bytes of the value (linked by `extends` to the list
+  it extends, if any, so an older version of a history can be served as a prefix of
+  a newer one); a channel without a value gets no row.
 
-`append` and `full` payloads, and pending writes, may also be compressed against the
-thread's few most recent stand-alone list payloads (`Source`, `compress_against`),
-which is how one turn's copies of a message cost one. An older version of a cached
-history is served as a slice of it when the chain of links proves it a prefix.
+A task's pending writes are one `writes` row: its writes packed together
+(`pack_writes`). A list write that repeats the first items of its channel's stored
+list (a node that returns the whole history) keeps only the rest (`W_PREFIX`). Once
+the next checkpoint stores a value whose payload is exactly a write's (a frame, a
+new message), the write is rewritten as a reference to that row (`W_BLOB`): each
+value is stored once, and a write is never a source.
 
-Every delta names its `base` version explicitly, so it is correct whichever branch
-of a forked thread wrote it.
+Every payload (the bytes a row stores before compression) is compressed alone or
+against *one* stored `blobs` payload, its source (`src_ch`, `src_ver`): the
+previous version of the same channel (what a frame mostly is), or one of the few
+lists and inputs the thread stored last (`Recent`). The second copy LangGraph makes
+of each input message (input, then history) costs a few dozen bytes, and a new
+message is compressed against an earlier one (same field names, same words).
+`depth` counts the chain of sources behind a payload and stays below `max_depth`,
+the bound on what a read decompresses.
+
+Every delta names its base and every payload its source explicitly, so reads are
+correct whichever branch of a forked thread wrote them. A row whose source goes away
+is re-compressed on its own first (`LlmctxSaver._detach`). A payload over `SPILL`
+bytes lives in the `spill` table (`store_data`, `spilled`).
 """
 
 from __future__ import annotations
 
-import json
 import operator
 import sqlite3
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import ormsgpack
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from llmctx.runtime._checkpoint_codec import (
-    SUMMARY_COLUMNS,
     Z_DICT,
-    compress,
+    Candidate,
+    Compressed,
+    Ref,
+    best_compression,
     decompress,
     frame_summary,
+    pack_summary,
 )
+from llmctx.runtime._checkpoint_keys import Names
 
 __all__ = [
     "APPEND",
+    "BLOB_COLUMNS",
     "EMPTY",
     "FULL",
+    "SPILL",
+    "W_BLOB",
     "W_PLAIN",
     "W_PREFIX",
-    "ZDELTA",
     "BlobCache",
     "BlobReader",
     "Encoded",
     "Entry",
-    "Source",
-    "compress_against",
+    "Recent",
+    "WriteEntry",
+    "counter",
+    "empty",
     "encode",
+    "pack_writes",
+    "source_of",
+    "spilled",
+    "store_data",
+    "unpack_writes",
 ]
 
-FULL, ZDELTA, APPEND, EMPTY = 0, 1, 2, 3
-# How a pending write's `value` is stored: its own serde bytes, or only the items
-# appended to the list at `base_version` of its own channel (a node that returns the
-# whole history writes it again every turn). Either may be zstd against sources.
-W_PLAIN, W_PREFIX = 0, 1
-_MIN_DICT = 64  # smaller payloads are not worth a dictionary
-
-# A compression source: a stored payload named by a JSON-able ref, and its raw bytes.
-# `["b", channel, version]` is a `blobs` row, `["w", checkpoint_id, task_id, idx]` a
-# `writes` row; the dictionary of a row is its sources' raw bytes, concatenated.
-Source = tuple[list[Any], bytes]
+FULL, APPEND, EMPTY = 0, 2, 3
+# How one pending write is stored inside its task's row: its own serde bytes; only
+# the items after the first `prefix` items (all when `None`) of the list at `base` of
+# its own channel; or exactly the payload of the `blobs` row (its channel, `base`).
+W_PLAIN, W_PREFIX, W_BLOB = 0, 1, 2
 _MIN_FULL = 4096  # an append chain may always grow to this many bytes
+_BULK_CHAIN = 64  # a read of more appends than this loads the whole thread at once
+
+BLOB_COLUMNS = (
+    "t, ch, ver, kind, base, typ, z, data, src_ch, src_ver, depth, n_items, since_full, "
+    "full_size, extends, summary"
+)
+# What a reader selects of a `blobs` row (the `_Row` tuples below).
+_READ_COLUMNS = (
+    "ver, kind, base, typ, z, data, src_ch, src_ver, depth, n_items, since_full, full_size"
+)
+_Row = tuple[Any, ...]
+# A payload larger than this is stored in `spill` and `data` holds its row id: a
+# `WITHOUT ROWID` row over ~1 KB would start an overflow page (4 KB) of its own.
+SPILL = 800
+
+
+def spilled(column: str = "blobs.data") -> str:
+    """SQL for a `blobs` payload column (qualified: `spill` has a `data` column too),
+    reading a spilled payload from `spill`."""
+    return (
+        f"CASE typeof({column}) WHEN 'integer' "
+        f"THEN (SELECT s.data FROM spill s WHERE s.id = {column}) ELSE {column} END"
+    )
+
+
+def store_data(conn: sqlite3.Connection, data: bytes | None) -> bytes | int | None:
+    """What a `blobs` row's `data` column holds: the payload, or its `spill` row id."""
+    if data is None or len(data) <= SPILL:
+        return data
+    return int(conn.execute("INSERT INTO spill (data) VALUES (?)", (data,)).lastrowid or 0)
+
+
+def source_of(src_ch: int | None, src_ver: Any) -> Ref | None:
+    """The source row named by a row's `src_ch` and `src_ver` columns."""
+    return None if src_ch is None else (src_ch, src_ver)
+
+
+def counter(version: int | str) -> int:
+    """The counter part of a packed channel version (`0000000012.ab..` -> 12), else 0."""
+    if isinstance(version, int):
+        return version >> 40
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 @dataclass
 class Entry:
-    """The latest value this process wrote or read for one (thread, ns, channel).
+    """The latest value this process wrote or read for one (thread, channel).
 
-    `raw` is the value's serde bytes when known (the base of a `zdelta`); `items`
-    the list itself when the value is a list (the base of an `append`).
+    `version` is packed. `raw` is the value's serde bytes when known, `items` the
+    list itself when the value is a list (the base of an `APPEND`). `source` is the
+    row as a compression source when its stored payload is exactly `raw`.
+    `ancestors` maps the versions this process appended `items` from to their
+    lengths: each is a prefix of `items` (shared along one branch, and only grown).
     """
 
-    version: str
+    version: int | str
     type: str
     raw: bytes | None
     items: list[Any] | None
-    depth: int
     since_full: int
     full_size: int
+    source: Candidate | None = None
+    ancestors: dict[int | str, int] | None = None
+    summary: tuple[Any, ...] | None = None  # the version summary, when a frame
 
 
 @dataclass
@@ -95,79 +161,76 @@ class Encoded:
     """One `blobs` row to write (without its key), and the cache entry it leaves."""
 
     kind: int
-    base: str | None
-    depth: int
+    base: int | str | None
     type: str | None
-    z: int
-    data: bytes | None
+    comp: Compressed | None
     n_items: int | None
     since_full: int
     full_size: int
-    summary: tuple[Any, ...]
+    summary: bytes | None
     entry: Entry | None
-    dict_refs: str | None = None
     stored_raw: bytes | None = None  # the payload before compression (a future source)
-    extends: str | None = None  # a full list that starts with this version's items
+    extends: int | str | None = None  # a full list that starts with this version's items
 
-    def row(self, key: tuple[str, str, str, str]) -> tuple[Any, ...]:
+    def row(self, t: int, ch: int, ver: int | str, typ: int | None) -> tuple[Any, ...]:
+        comp = self.comp
         return (
-            *key,
+            t,
+            ch,
+            ver,
             self.kind,
             self.base,
-            self.depth,
-            self.type,
-            self.z,
-            self.data,
+            typ,
+            comp.z if comp else 0,
+            comp.data if comp else None,
+            comp.src[0] if comp and comp.src else None,
+            comp.src[1] if comp and comp.src else None,
+            comp.depth if comp and comp.depth else None,
             self.n_items,
-            self.since_full,
-            self.full_size,
-            self.dict_refs,
+            self.since_full or None,
+            self.full_size or None,
             self.extends,
-            *self.summary,
+            self.summary,
         )
 
 
-BLOB_COLUMNS = (
-    "thread_id, checkpoint_ns, channel, version, kind, base, depth, type, z, data, "
-    "n_items, since_full, full_size, dict_refs, extends, " + ", ".join(SUMMARY_COLUMNS)
-)
-_NO_SUMMARY = (None,) * len(SUMMARY_COLUMNS)
+class Recent:
+    """The last few payloads a thread stored: candidate sources for the next ones."""
 
+    def __init__(self, count: int = 6, budget: int = 48_000) -> None:
+        self._count = count
+        self._budget = budget
+        self.items: deque[Candidate] = deque()
 
-def compress_against(raw: bytes, sources: Sequence[Source] | None) -> tuple[int, bytes, str | None]:
-    """`(z, data, dict_refs)`: `raw` compressed against `sources` when that is smaller.
+    def add(self, cand: Candidate) -> None:
+        self.items.appendleft(cand)
+        while len(self.items) > self._count or (
+            len(self.items) > 1 and sum(len(c.raw) for c in self.items) > self._budget
+        ):
+            self.items.pop()
 
-    The same bytes stored twice in a turn (the input message in the input channel, the
-    input write and the history's append) then cost a few dozen bytes after the first.
-    """
-    z, data = compress(raw)
-    if sources and len(raw) >= _MIN_DICT:
-        dz, ddata = compress(raw, b"".join(src for _, src in sources))
-        # Only a repeat is worth a reference: what merely shares vocabulary is stored
-        # on its own, and only such payloads become sources, so a read decompresses at
-        # most one level of sources.
-        if 2 * len(ddata) <= len(data):
-            return dz, ddata, json.dumps([ref for ref, _ in sources])
-    return z, data, None
+    def keep(self, alive: Iterable[Candidate]) -> None:
+        self.items = deque(alive)
 
 
 def encode(
     serde: SerializerProtocol,
-    version: str,
+    version: int | str,
     value: Any,
     prev: Entry | None,
     *,
     summarize: bool,
-    delta_depth: int,
     append_ratio: float,
-    sources: Sequence[Source] | None = None,
+    max_depth: int,
+    candidates: Sequence[Candidate] = (),
 ) -> Encoded:
-    """Encode `value` as version `version`, as a delta against `prev` when that pays.
+    """Encode `value` as version `version`, as an append to `prev` when that pays.
 
-    `sources` (payloads stored just before, e.g. the pending writes that carried the
-    same messages) may serve as the zstd dictionary of an `append` or `full` row.
+    A list's appended items are compressed against `candidates` (recent payloads,
+    e.g. the pending write that carried the same messages); another value against
+    `prev`'s row first, then `candidates`.
     """
-    summary = frame_summary(value) if summarize else _NO_SUMMARY
+    summary = frame_summary(value) if summarize else None
     if prev is not None and prev.version == version:
         prev = None  # never a delta against itself
     extends = None
@@ -175,89 +238,121 @@ def encode(
         old = prev.items
         if len(value) >= len(old) and all(map(operator.is_, old, value)):
             extends = prev.version
+            ancestors = prev.ancestors if prev.ancestors is not None else {}
+            ancestors[prev.version] = len(old)
             typ, raw = serde.dumps_typed(value[len(old) :])
             since = prev.since_full + len(raw)
             if since < append_ratio * max(prev.full_size, _MIN_FULL):
-                z, data, refs = compress_against(raw, sources)
+                comp = best_compression(raw, candidates, max_depth=max_depth)
                 entry = Entry(
-                    version, prev.type, None, list(value), prev.depth + 1, since, prev.full_size
+                    version, prev.type, None, list(value), since, prev.full_size, None, ancestors
                 )
                 return Encoded(
                     APPEND,
                     prev.version,
-                    prev.depth + 1,
                     typ,
-                    z,
-                    data,
+                    comp,
                     len(value),
                     since,
                     prev.full_size,
-                    summary,
+                    pack_summary(summary) if summary is not None else None,
                     entry,
-                    refs,
                     raw,
                 )
     typ, raw = serde.dumps_typed(value)
     items = list(value) if isinstance(value, list) else None
-    if prev is not None and prev.raw is not None and prev.type == typ and prev.depth < delta_depth:
-        z, data = compress(raw, prev.raw)
-        plain = compress(raw)
-        if len(data) < len(plain[1]):
-            entry = Entry(version, typ, raw, items, prev.depth + 1, 0, len(raw))
-            return Encoded(
-                ZDELTA,
-                prev.version,
-                prev.depth + 1,
-                typ,
-                z,
-                data,
-                len(value) if items is not None else None,
-                0,
-                len(raw),
-                summary,
-                entry,
-                None,
-                raw,
-            )
-    z, data, refs = compress_against(raw, sources)
-    entry = Entry(version, typ, raw, items, 0, 0, len(raw))
+    own = [prev.source] if prev is not None and prev.source is not None and items is None else []
+    comp = best_compression(raw, [*own, *candidates], max_depth=max_depth)
+    entry = Entry(version, typ, raw, items, 0, len(raw), summary=summary)
+    packed = None
+    if summary is not None:
+        # Compressed against its previous version: the texts it repeats are elided.
+        base = prev.summary if own and prev is not None and comp.src == own[0].ref else None
+        packed = pack_summary(summary, base)
+    if extends is not None:
+        entry.ancestors = ancestors
     return Encoded(
         FULL,
         None,
-        0,
         typ,
-        z,
-        data,
+        comp,
         len(items) if items is not None else None,
         0,
         len(raw),
-        summary,
+        packed,
         entry,
-        refs,
         raw,
         extends,
     )
 
 
 def empty() -> Encoded:
-    """The row of a channel that has no value at this version."""
-    return Encoded(EMPTY, None, 0, "empty", 0, None, None, 0, 0, _NO_SUMMARY, None)
+    """The row of a channel that has no value at this version (none is stored)."""
+    return Encoded(EMPTY, None, None, None, None, 0, 0, None, None)
+
+
+# -- pending writes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteEntry:
+    """One pending write inside a task's row (names interned, versions packed)."""
+
+    idx: int
+    ch: int
+    typ: int
+    kind: int
+    payload: bytes
+    base: int | str | None = None
+    prefix: int | None = None
+
+
+def pack_writes(entries: Sequence[WriteEntry]) -> bytes:
+    """A task's writes as one payload: msgpack `[idx, ch, typ, payload]` per plain
+    write, `[idx, ch, typ, payload, base, prefix]` per `W_PREFIX` one and
+    `[idx, ch, base]` per `W_BLOB` one."""
+    out: list[Any] = []
+    for e in entries:
+        if e.kind == W_PREFIX:
+            out.append([e.idx, e.ch, e.typ, e.payload, e.base, e.prefix])
+        elif e.kind == W_BLOB:
+            out.append([e.idx, e.ch, e.base])
+        else:
+            out.append([e.idx, e.ch, e.typ, e.payload])
+    return ormsgpack.packb(out)
+
+
+def unpack_writes(raw: bytes) -> list[WriteEntry]:
+    """Invert `pack_writes`."""
+    out = []
+    for item in ormsgpack.unpackb(raw):
+        if len(item) == 6:
+            out.append(WriteEntry(item[0], item[1], item[2], W_PREFIX, item[3], item[4], item[5]))
+        elif len(item) == 3:
+            out.append(WriteEntry(item[0], item[1], 0, W_BLOB, b"", item[2]))
+        else:
+            out.append(WriteEntry(item[0], item[1], item[2], W_PLAIN, item[3]))
+    return out
+
+
+# -- reading ------------------------------------------------------------------------
 
 
 class BlobCache:
-    """A small LRU of `Entry` by (thread, ns, channel): the bases of the next deltas."""
+    """A small LRU of `Entry` by (thread number, channel id): the bases of the next
+    deltas, and the values a read of the head finds decoded."""
 
     def __init__(self, size: int = 512) -> None:
         self._size = size
-        self._data: OrderedDict[tuple[str, str, str], Entry] = OrderedDict()
+        self._data: OrderedDict[tuple[int, int], Entry] = OrderedDict()
 
-    def get(self, key: tuple[str, str, str]) -> Entry | None:
+    def get(self, key: tuple[int, int]) -> Entry | None:
         entry = self._data.get(key)
         if entry is not None:
             self._data.move_to_end(key)
         return entry
 
-    def set(self, key: tuple[str, str, str], entry: Entry | None) -> None:
+    def set(self, key: tuple[int, int], entry: Entry | None) -> None:
         if entry is None:
             self._data.pop(key, None)
             return
@@ -266,51 +361,58 @@ class BlobCache:
         while len(self._data) > self._size:
             self._data.popitem(last=False)
 
-    def drop_thread(self, thread_id: str) -> None:
-        for key in [k for k in self._data if k[0] == thread_id]:
+    def drop_thread(self, t: int) -> None:
+        for key in [k for k in self._data if k[0] == t]:
             del self._data[key]
 
     def clear(self) -> None:
         self._data.clear()
 
 
-_CHAIN_SQL = """
-WITH RECURSIVE chain(version, kind, base, depth, type, z, data, n_items, since_full,
-                     full_size, dict_refs) AS (
-    SELECT version, kind, base, depth, type, z, data, n_items, since_full, full_size,
-           dict_refs
-    FROM blobs WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3 AND version = ?4
+def _select_columns(table: str) -> str:
+    return _READ_COLUMNS.replace("data", spilled(f"{table}.data"), 1)
+
+
+_CHAIN_SQL = f"""
+WITH RECURSIVE chain({_READ_COLUMNS}) AS (
+    SELECT {_READ_COLUMNS} FROM blobs WHERE t = ?1 AND ch = ?2 AND ver = ?3
     UNION ALL
-    SELECT b.version, b.kind, b.base, b.depth, b.type, b.z, b.data, b.n_items, b.since_full,
-           b.full_size, b.dict_refs
-    FROM blobs b JOIN chain c
-    ON b.thread_id = ?1 AND b.checkpoint_ns = ?2 AND b.channel = ?3 AND b.version = c.base
+    SELECT b.ver, b.kind, b.base, b.typ, b.z, b.data, b.src_ch, b.src_ver, b.depth,
+           b.n_items, b.since_full, b.full_size
+    FROM blobs b JOIN chain c ON b.t = ?1 AND b.ch = ?2 AND b.ver = c.base
 )
-SELECT * FROM chain
+SELECT {_select_columns("chain")} FROM chain
 """
-_ALL_SQL = """
-SELECT version, kind, base, depth, type, z, data, n_items, since_full, full_size,
-       dict_refs
-FROM blobs WHERE thread_id = ? AND checkpoint_ns = ? AND channel = ?
+# A row and the chain of rows its payload is compressed against, with their channels.
+_SOURCES_SQL = f"""
+WITH RECURSIVE chain(ch, {_READ_COLUMNS}) AS (
+    SELECT ch, {_READ_COLUMNS} FROM blobs WHERE t = ?1 AND ch = ?2 AND ver = ?3
+    UNION ALL
+    SELECT b.ch, b.ver, b.kind, b.base, b.typ, b.z, b.data, b.src_ch, b.src_ver, b.depth,
+           b.n_items, b.since_full, b.full_size
+    FROM blobs b JOIN chain c ON b.t = ?1 AND b.ver = c.src_ver AND b.ch = c.src_ch
+    WHERE c.z = {Z_DICT}
+)
+SELECT ch, {_select_columns("chain")} FROM chain
 """
+_THREAD_SQL = f"SELECT ch, {_select_columns('blobs')} FROM blobs WHERE t = ?"
+# Scans the thread's rows (the key starts with the version).
+_ALL_SQL = f"SELECT {_select_columns('blobs')} FROM blobs WHERE t = ? AND ch = ?"
 
 # Walks from a list version back along "starts with the items of" links (an append's
 # base, a full copy's `extends`), stopping at the wanted version or the first break.
 _ANCESTOR_SQL = f"""
-WITH RECURSIVE chain(version, link, n_items) AS (
-    SELECT version, CASE kind WHEN {APPEND} THEN base WHEN {FULL} THEN extends END, n_items
-    FROM blobs WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3 AND version = ?4
+WITH RECURSIVE chain(ver, link, n_items) AS (
+    SELECT ver, CASE kind WHEN {APPEND} THEN base WHEN {FULL} THEN extends END, n_items
+    FROM blobs WHERE t = ?1 AND ch = ?2 AND ver = ?3
     UNION ALL
-    SELECT b.version, CASE b.kind WHEN {APPEND} THEN b.base WHEN {FULL} THEN b.extends END,
+    SELECT b.ver, CASE b.kind WHEN {APPEND} THEN b.base WHEN {FULL} THEN b.extends END,
            b.n_items
-    FROM blobs b JOIN chain c
-    ON b.thread_id = ?1 AND b.checkpoint_ns = ?2 AND b.channel = ?3 AND b.version = c.link
-    WHERE c.version != ?5
+    FROM blobs b JOIN chain c ON b.t = ?1 AND b.ch = ?2 AND b.ver = c.link
+    WHERE c.ver != ?4
 )
-SELECT n_items FROM chain WHERE version = ?5
+SELECT n_items FROM chain WHERE ver = ?4
 """
-
-_Row = tuple[Any, ...]  # the columns of _CHAIN_SQL
 
 
 @dataclass
@@ -321,10 +423,11 @@ class _State:
 
 
 class BlobReader:
-    """Materializes channel values of one (thread, ns), sharing work between versions.
+    """Materializes the channel values and pending writes of one thread number `t`,
+    sharing work between versions.
 
-    Reading many versions of a channel (a listing) decodes each stored row once:
-    an `append` version reuses its base's list, a `zdelta` its base's bytes.
+    Reading many versions of a channel (a listing) decodes each stored row once: an
+    `APPEND` version reuses its base's list, and every payload is decompressed once.
     """
 
     def __init__(
@@ -332,53 +435,64 @@ class BlobReader:
         conn: sqlite3.Connection,
         serde: SerializerProtocol,
         cache: BlobCache,
-        thread_id: str,
-        checkpoint_ns: str,
+        names: Names,
+        t: int,
     ) -> None:
         self._conn = conn
         self._serde = serde
         self._cache = cache
-        self._thread = thread_id
-        self._ns = checkpoint_ns
-        self._rows: dict[str, dict[str, _Row]] = {}
-        self._bulk: set[str] = set()
-        self._states: dict[tuple[str, str], _State | None] = {}
-        self._raws: dict[tuple[Any, ...], bytes] = {}
+        self._names = names
+        self._t = t
+        self._rows: dict[int, dict[int | str, _Row]] = {}
+        self._bulk: set[int] = set()  # channels whose rows are all loaded
+        self._listing: set[int] = set()  # channels read at many versions (keep each)
+        self._states: dict[tuple[int, int | str], _State | None] = {}
+        self._raws: dict[Ref, bytes] = {}
 
-    def prefetch(self, channel: str) -> None:
-        """Load every row of `channel` at once (worth it before reading many versions)."""
-        if channel in self._bulk:
+    @property
+    def t(self) -> int:
+        return self._t
+
+    def prefetch(self, ch: int) -> None:
+        """Load every row of channel `ch` at once (worth it before reading many versions)."""
+        self._listing.add(ch)
+        if ch in self._bulk:
             return
-        rows = self._rows.setdefault(channel, {})
-        for row in self._conn.execute(_ALL_SQL, (self._thread, self._ns, channel)):
+        rows = self._rows.setdefault(ch, {})
+        for row in self._conn.execute(_ALL_SQL, (self._t, ch)):
             rows[row[0]] = row
-        self._bulk.add(channel)
+        self._bulk.add(ch)
 
     def values(self, versions: dict[str, Any]) -> dict[str, Any]:
         """The channel values of a checkpoint with these `channel_versions`."""
+        from llmctx.runtime._checkpoint_keys import pack_version
+
         out: dict[str, Any] = {}
         for channel, version in versions.items():
-            found, value = self.value(channel, str(version))
+            ch = self._names.find(self._conn, channel)
+            if ch is None:
+                continue
+            found, value = self.value(ch, pack_version(version))
             if found:
                 out[channel] = value
         return out
 
-    def value(self, channel: str, version: str) -> tuple[bool, Any]:
+    def value(self, ch: int, version: int | str) -> tuple[bool, Any]:
         """`(True, value)`, or `(False, None)` when the version is missing or empty."""
-        key = (self._thread, self._ns, channel)
+        key = (self._t, ch)
         cached = self._cache.get(key)
         if cached is not None and cached.version == version:
             state: _State | None = _State(cached.type, cached.raw, cached.items)
         elif (
-            (channel, version) not in self._states
+            (ch, version) not in self._states
             and cached is not None
             and cached.items is not None
-            and (n := self._ancestor_length(channel, cached.version, version)) is not None
+            and (n := self._prefix_length(cached, ch, version)) is not None
         ):
             # An older version of the cached list: the same messages, fewer of them.
             return True, cached.items[:n]
         else:
-            state = self._state(channel, version)
+            state = self._state(ch, version)
         if state is None:
             return False, None
         if state.items is not None:
@@ -386,173 +500,212 @@ class BlobReader:
         assert state.raw is not None
         return True, self._serde.loads_typed((state.type, state.raw))
 
-    def _ancestor_length(self, channel: str, head: str, version: str) -> int | None:
+    def _prefix_length(self, cached: Entry, ch: int, version: int | str) -> int | None:
+        """How many of the cached list's items `version`'s list is, if a prefix."""
+        if cached.ancestors is not None and version in cached.ancestors:
+            return cached.ancestors[version]
+        return self._ancestor_length(ch, cached.version, version)
+
+    def _ancestor_length(self, ch: int, head: int | str, version: int | str) -> int | None:
         """How many items `version`'s list has, if `head`'s list starts with them.
 
-        True when a chain of `append` rows (and full copies that extend their
+        True when a chain of `APPEND` rows (and full copies that extend their
         predecessor) leads from `head` back to `version`; `None` otherwise (another
         branch, a rewrite, a gap), and the version is decoded the usual way.
         """
-        if _counter(version) >= _counter(head):
+        if counter(version) >= counter(head):
             return None
-        found = self._conn.execute(_ANCESTOR_SQL, (self._thread, self._ns, channel, head, version))
-        row = found.fetchone()
+        row = self._conn.execute(_ANCESTOR_SQL, (self._t, ch, head, version)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    def raw_bytes(self, channel: str, version: str) -> tuple[str, bytes] | None:
+    def raw_bytes(self, ch: int, version: int | str) -> tuple[str, bytes] | None:
         """The serde `(type, bytes)` of a version (re-serialized for append chains)."""
-        state = self._state(channel, version)
+        state = self._state(ch, version)
         if state is None:
             return None
         if state.raw is None:
             return self._serde.dumps_typed(state.items)
         return state.type, state.raw
 
-    def _row(self, channel: str, version: str) -> _Row | None:
-        rows = self._rows.setdefault(channel, {})
-        if version not in rows and channel not in self._bulk:
-            for row in self._conn.execute(_CHAIN_SQL, (self._thread, self._ns, channel, version)):
+    def _row(self, ch: int, version: int | str) -> _Row | None:
+        """A row, fetched with the rows of its append chain."""
+        rows = self._rows.setdefault(ch, {})
+        if version not in rows and ch not in self._bulk:
+            for row in self._conn.execute(_CHAIN_SQL, (self._t, ch, version)):
                 rows.setdefault(row[0], row)
         return rows.get(version)
 
-    def _state(self, channel: str, version: str) -> _State | None:
-        if (channel, version) in self._states:
-            return self._states[(channel, version)]
-        # Walk back to a known state or a full row, then apply the deltas forward.
+    def _state(self, ch: int, version: int | str) -> _State | None:
+        if (ch, version) in self._states:
+            return self._states[(ch, version)]
+        # Walk back to a known state or a full row, then apply the appends forward.
         pending: list[_Row] = []
-        cursor: str | None = version
+        cursor: int | str | None = version
         base_state: _State | None = None
         while cursor is not None:
-            if (channel, cursor) in self._states:
-                base_state = self._states[(channel, cursor)]
+            if (ch, cursor) in self._states:
+                base_state = self._states[(ch, cursor)]
                 break
-            row = self._row(channel, cursor)
+            row = self._row(ch, cursor)
             if row is None:
                 if not pending:
-                    self._states[(channel, version)] = None
+                    self._states[(ch, version)] = None
                     return None
                 raise LookupError(
                     f"checkpoint store is missing base version {cursor!r} of channel "
-                    f"{channel!r} (thread {self._thread!r})"
+                    f"{self._names.name(self._conn, ch)!r} (thread number {self._t})"
                 )
             pending.append(row)
-            if row[1] in (FULL, EMPTY):
+            if row[1] != APPEND:
                 break
             cursor = row[2]
         state = base_state
         forward = pending[::-1]
+        if len(forward) > _BULK_CHAIN and ch not in self._bulk:
+            # A long history: its payloads' sources are best loaded in one scan.
+            self.prefetch_all()
         i = 0
         while i < len(forward):
             row = forward[i]
-            if row[1] == APPEND and channel not in self._bulk and state is not None:
+            if row[1] == APPEND and ch not in self._listing and state is not None:
                 # One read of a long history: decode the run of appends in one go
                 # instead of building every intermediate list (a listing keeps them).
                 j = i
                 while j < len(forward) and forward[j][1] == APPEND:
                     j += 1
-                state = self._apply_appends(channel, forward[i:j], state)
-                self._states[(channel, forward[j - 1][0])] = state
+                state = self._apply_appends(forward[i:j], state)
+                self._states[(ch, forward[j - 1][0])] = state
                 i = j
                 continue
-            state = self._apply(channel, row, state)
-            self._states[(channel, row[0])] = state
+            state = self._apply(row, state)
+            self._states[(ch, row[0])] = state
             i += 1
-        final = self._states[(channel, version)]
-        if final is not None:
-            head = pending[0] if pending else None
-            known = self._cache.get((self._thread, self._ns, channel))
+        final = self._states[(ch, version)]
+        if final is not None and pending:
+            head = pending[0]
+            known = self._cache.get((self._t, ch))
             # Reading an older version must not displace the newer base of the next
             # delta (whose items the graph still holds); a newer one becomes it.
-            if head is not None and (known is None or _counter(known.version) < _counter(version)):
+            if known is None or counter(known.version) < counter(version):
+                source = None
+                if head[1] == FULL and final.raw is not None:
+                    source = Candidate((ch, version), final.raw, head[8] or 0)
                 self._cache.set(
-                    (self._thread, self._ns, channel),
-                    Entry(version, final.type, final.raw, final.items, head[3], head[8], head[9]),
+                    (self._t, ch),
+                    Entry(
+                        version,
+                        final.type,
+                        final.raw,
+                        final.items,
+                        head[10] or 0,
+                        head[11] or 0,
+                        source,
+                    ),
                 )
         return final
 
-    def source_raw(self, ref: Sequence[Any]) -> bytes:
-        """The raw payload of a stored row named by a source ref (see `Source`)."""
-        key = tuple(ref)
-        if key in self._raws:
-            return self._raws[key]
-        if key[0] == "b":
-            row = self._row(str(key[1]), str(key[2]))
+    def source_raw(self, ref: Ref) -> bytes:
+        """The raw payload of the stored row a source reference names.
+
+        A chain of sources not read yet is fetched in one query, and decompressed
+        from its oldest link forward (each payload once per reader).
+        """
+        raw = self._raws.get(ref)
+        if raw is not None:
+            return raw
+        self._with_sources(ref)
+        chain: list[tuple[Ref, _Row]] = []
+        cursor: Ref | None = ref
+        while cursor is not None and cursor not in self._raws:
+            row = self._known(cursor)
             if row is None:
                 raise LookupError(
-                    f"checkpoint store is missing version {key[2]!r} of channel {key[1]!r} "
-                    f"that another value was compressed with (thread {self._thread!r})"
+                    f"checkpoint store is missing version {cursor[1]!r} of channel "
+                    f"{cursor[0]} that another value was compressed with "
+                    f"(thread number {self._t})"
                 )
-            raw = self.stored_raw(str(key[1]), row)
-        else:
-            found = self._conn.execute(
-                "SELECT z, value, dict_refs FROM writes WHERE thread_id = ? AND "
-                "checkpoint_ns = ? AND checkpoint_id = ? AND task_id = ? AND idx = ?",
-                (self._thread, self._ns, *key[1:]),
-            ).fetchone()
-            if found is None:
-                raise LookupError(
-                    f"checkpoint store is missing pending write {list(key[1:])!r} that a "
-                    f"value was compressed with (thread {self._thread!r})"
-                )
-            raw = self.write_raw(*found)
-        self._raws[key] = raw
-        return raw
+            chain.append((cursor, row))
+            cursor = source_of(row[6], row[7]) if row[4] == Z_DICT else None
+        for key, row in reversed(chain):
+            self._raws[key] = self.payload(row[4], row[5], source_of(row[6], row[7]))
+        return self._raws[ref]
 
-    def dict_bytes(self, refs: str) -> bytes:
-        """The zstd dictionary named by a `dict_refs` column."""
-        return b"".join(self.source_raw(ref) for ref in json.loads(refs))
+    def _known(self, ref: Ref) -> _Row | None:
+        return self._rows.get(ref[0], {}).get(ref[1])
 
-    def stored_raw(self, channel: str, row: _Row) -> bytes:
-        """A `blobs` row's payload before compression (appended items, or full bytes)."""
-        _, kind, _, _, _, z, data, *_ = row
-        if kind == ZDELTA:
-            state = self._state(channel, row[0])
-            assert state is not None and state.raw is not None
-            return state.raw
-        return self.write_raw(z, data, row[10])
+    def _with_sources(self, ref: Ref) -> _Row | None:
+        """A row, fetched (if not yet) with the chain of its sources in one query."""
+        row = self._known(ref)
+        if row is None and ref[0] not in self._bulk:
+            for ch, *found in self._conn.execute(_SOURCES_SQL, (self._t, *ref)):
+                self._rows.setdefault(ch, {}).setdefault(found[0], tuple(found))
+            row = self._known(ref)
+        return row
 
-    def write_raw(self, z: int, data: bytes, dict_refs: str | None) -> bytes:
-        """A payload's raw bytes from its stored `z`, `data` and `dict_refs`."""
+    def prefetch_all(self) -> None:
+        """Load every row of the thread at once (before decoding a long history, whose
+        payloads are compressed against rows of other channels)."""
+        for ch, *row in self._conn.execute(_THREAD_SQL, (self._t,)):
+            self._rows.setdefault(ch, {}).setdefault(row[0], tuple(row))
+        self._bulk.update(self._rows)
+
+    def payload(self, z: int, data: bytes, src: Ref | None) -> bytes:
+        """A payload's raw bytes from its stored `z`, `data` and source."""
         if z == Z_DICT:
-            assert dict_refs is not None
-            return decompress(z, data, self.dict_bytes(dict_refs))
+            assert src is not None
+            return decompress(z, data, self.source_raw(src))
         return decompress(z, data)
 
-    def write_value(
-        self,
-        channel: str,
-        kind: int,
-        typ: str,
-        z: int,
-        data: bytes,
-        base_version: str | None,
-        dict_refs: str | None,
-        prefix_items: int | None = None,
-    ) -> Any:
+    def row_payload(self, row: _Row) -> bytes:
+        return self.payload(row[4], row[5], source_of(row[6], row[7]))
+
+    def writes(self, z: int, data: bytes, src: Ref | None) -> list[WriteEntry]:
+        """The pending writes of a `writes` row."""
+        return unpack_writes(self.payload(z, data, src))
+
+    def write_value(self, entry: WriteEntry) -> Any:
         """A stored pending write's value (a `W_PREFIX` one: the base's first
-        `prefix_items` items, all when `None`, then its own)."""
-        value = self._serde.loads_typed((typ, self.write_raw(z, data, dict_refs)))
-        if kind != W_PREFIX:
+        `prefix` items, all when `None`, then its own; a `W_BLOB` one: the payload of
+        the row it names)."""
+        if entry.kind == W_BLOB:
+            assert entry.base is not None
+            row = self._with_sources((entry.ch, entry.base))
+            if row is None:
+                raise LookupError(
+                    f"checkpoint store is missing version {entry.base!r} of channel "
+                    f"{self._names.name(self._conn, entry.ch)!r} that a pending write is "
+                    f"stored as (thread number {self._t})"
+                )
+            raw = self.row_payload(row)
+            return self._serde.loads_typed((self._type(row[3]), raw))
+        typ = self._names.name(self._conn, entry.typ)
+        value = self._serde.loads_typed((typ, entry.payload))
+        if entry.kind != W_PREFIX:
             return value
-        assert base_version is not None
-        found, prefix = self.value(channel, base_version)
+        assert entry.base is not None
+        found, prefix = self.value(entry.ch, entry.base)
         if not found or not isinstance(prefix, list):
             raise LookupError(
-                f"checkpoint store is missing version {base_version!r} of channel {channel!r} "
-                f"that a pending write extends (thread {self._thread!r})"
+                f"checkpoint store is missing version {entry.base!r} of channel "
+                f"{self._names.name(self._conn, entry.ch)!r} that a pending write extends "
+                f"(thread number {self._t})"
             )
-        return [*(prefix if prefix_items is None else prefix[:prefix_items]), *value]
+        return [*(prefix if entry.prefix is None else prefix[: entry.prefix]), *value]
 
-    def _apply_appends(self, channel: str, rows: list[_Row], base: _State) -> _State:
-        raws = [self.write_raw(row[5], row[6], row[10]) for row in rows]
-        combined = _concat_msgpack_arrays(raws) if all(r[4] == "msgpack" for r in rows) else None
+    def _type(self, typ: int) -> str:
+        return self._names.name(self._conn, typ)
+
+    def _apply_appends(self, rows: list[_Row], base: _State) -> _State:
+        raws = [self.row_payload(row) for row in rows]
+        types = [self._type(row[3]) for row in rows]
+        combined = _concat_msgpack_arrays(raws) if all(t == "msgpack" for t in types) else None
         if combined is not None:
             new = self._serde.loads_typed(("msgpack", combined))
         else:
             new = [
                 x
-                for row, raw in zip(rows, raws, strict=True)
-                for x in self._serde.loads_typed((row[4], raw))
+                for typ, raw in zip(types, raws, strict=True)
+                for x in self._serde.loads_typed((typ, raw))
             ]
         old = base.items
         if old is None:
@@ -560,31 +713,17 @@ class BlobReader:
             old = self._serde.loads_typed((base.type, base.raw))
         return _State(base.type, None, [*old, *new])
 
-    def _apply(self, channel: str, row: _Row, base: _State | None) -> _State | None:
-        _, kind, _, _, typ, z, data, *_ = row
-        if kind == EMPTY:
-            return None
+    def _apply(self, row: _Row, base: _State | None) -> _State | None:
+        kind, typ = row[1], self._type(row[3])
         if kind == FULL:
-            raw = self.write_raw(z, data, row[10])
+            raw = self.row_payload(row)
             items = None
-            if typ == "msgpack" and row[7] is not None:
+            if typ == "msgpack" and row[9] is not None:
                 items = self._serde.loads_typed((typ, raw))
             return _State(typ, raw, items)
         if base is None:
             raise LookupError(f"delta version {row[0]!r} has no materialized base")
-        if kind == ZDELTA:
-            if base.raw is None:
-                base = _State(*self._serde.dumps_typed(base.items), base.items)
-            raw = decompress(Z_DICT, data, base.raw)
-            items = self._serde.loads_typed((typ, raw)) if row[7] is not None else None
-            return _State(typ, raw, items)
-        return self._apply_appends(channel, [row], base)
-
-
-def _counter(version: str) -> int:
-    """The counter part of a channel version (`0000000012.ab..` -> 12), else 0."""
-    head = version.split(".", 1)[0]
-    return int(head) if head.isdigit() else 0
+        return self._apply_appends([row], base)
 
 
 def _concat_msgpack_arrays(raws: list[bytes]) -> bytes | None:

@@ -1,34 +1,50 @@
 """The on-disk layout of `LlmctxSaver`, and opening a file safely.
 
-One SQLite file (WAL mode) holds three tables (schema 2):
+One SQLite file (WAL mode) holds six tables (schema 3). Keys are packed
+(`_checkpoint_keys`): `t` is a (thread id, namespace) pair, names (channels, nodes,
+types, sources, task paths) are ids of `names`, checkpoint and task ids that are
+UUIDs are 16 bytes, our channel versions are 64-bit integers.
 
-* `checkpoints`: one row per checkpoint. The checkpoint itself minus its channel
-  values (`body`, serde-typed, zstd when large), the metadata as JSON (for
-  filters), and columns copied out of it for cheap listing: `ts`, `step`,
-  `source`, `run_id`, and `summary_version` (the version of the summary channel,
-  `context`, that this checkpoint sees).
-* `blobs`: one row per (thread, namespace, channel, version): a channel's value
-  is written only when its version changes, and a version without a value has no
-  row. `kind` says how to read `data`: `full` (the serde bytes), `zdelta` (zstd with
-  the `base` version's serde bytes as a raw-content dictionary) or `append` (the
-  items appended to the `base` version's list). `base` names the exact version a
-  delta was computed from, so forks and out-of-order reads stay correct; `extends`
-  links a full copy of a list to the version whose items it starts with, so an older
-  version of a history can be served as a prefix of a newer one. Rows of the summary
-  channel also carry the version summary columns (`op`, `turn`, ...).
-* `writes`: the pending writes of each checkpoint. A list write that repeats the
-  channel's stored list (`kind` 1) keeps only the items after the first
-  `prefix_items` (all when NULL) of `base_version`.
+* `names (id, name)` and `threads (t, thread_id, checkpoint_ns)`: the interned keys.
+* `checkpoints`, one row per checkpoint, keyed `(t, id)`: `parent` (id), `ts`
+  (packed), `step`, `source`, `run_id` and `meta` (the rest of the metadata as JSON,
+  `NULL` for `{"parents": {}}`), `frame` (the version of the summary channel,
+  `context`, this checkpoint sees: listing versions reads no body), and `body`: the
+  checkpoint minus its values, id and ts, as a delta against the parent's body with a
+  full one every `MAX_DEPTH` (`depth` 0; see `_checkpoint_body`).
+* `blobs`, one row per (t, version `ver`, channel `ch`): a channel's value is
+  written only when its version changes, and a version without a value has no row.
+  Keyed version first: the channels a step updates share its new version, so a
+  step's rows are appended at the end of the thread's range (channel first would
+  insert at one place per channel and leave half-full pages behind).
+  `kind` `FULL` (the serde bytes, type `typ`) or `APPEND` (the items appended to the
+  list at version `base`); `extends` links a full copy of a list to the version whose
+  items it starts with, `n_items`, `since_full` and `full_size` bound append chains,
+  and `summary` holds the version summary of a frame (`op`, `turn`, ...; msgpack,
+  texts repeated from its source's summary elided, see `_checkpoint_codec`).
+* `spill (id, data)`: payloads over `_checkpoint_blobs.SPILL` bytes, whose `blobs`
+  row holds the `spill` id in `data` instead (a rowid table keeps rows up to 4 KB in
+  its leaves, where a `WITHOUT ROWID` row over ~1 KB starts an overflow page of its
+  own); triggers delete a spilled payload with its row.
+* `writes`, one row per (t, checkpoint `cid`, `task`): the task's pending writes
+  packed in one payload (`_checkpoint_blobs.pack_writes`) and its `path` (interned).
+  `refs` is 1 when some of its writes are stored against `blobs` rows (which they
+  keep alive): a `W_PREFIX` write extends a stored list, and a `W_BLOB` write is the
+  payload of the value the next checkpoint stored (a write is rewritten so once that
+  row exists).
 
-Any `full`/`append` payload or write may be zstd-compressed (`z` = 2) against
-`dict_refs`: a JSON list of the rows whose raw payloads, concatenated, form the
-dictionary (`["b", channel, version]` or `["w", checkpoint_id, task_id, idx]`), so
-the several copies LangGraph makes of a message in one turn are stored about once.
-A row used so is re-compressed on its own before its source is deleted or rewritten.
+Every payload (`data` of `blobs` and `writes`) is raw (`z` 0), zstd (1) or zstd
+against the raw payload of one `blobs` row (2), named by `src_ch` and `src_ver`
+(channel and version); `depth` counts that chain of sources. A row used as a source
+is re-compressed on its own before its source is deleted or rewritten; `writes` rows
+are never sources.
 
-`PRAGMA application_id` marks the file as ours and `PRAGMA user_version` holds the
-schema version, so a foreign, corrupt or newer file is refused with a clear error
-instead of being silently reset.
+Every table is `WITHOUT ROWID` (a row is stored once, in key order, with no second
+index) but `names`, `threads` and `spill`. Schema 2 files (llmctx before this
+layout) are refused, not migrated: their rows are keyed by the text ids and written
+by code this version no longer has. `PRAGMA application_id` marks the file as ours and
+`PRAGMA user_version` holds the schema version, so a foreign, corrupt, older or newer
+file is refused with a clear error instead of being silently reset.
 """
 
 from __future__ import annotations
@@ -47,71 +63,81 @@ __all__ = [
 
 # "llmc" in ASCII: tells our files apart from any other SQLite database.
 APPLICATION_ID = 0x6C6C6D63
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _DDL = """
-CREATE TABLE checkpoints (
+CREATE TABLE names (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+
+CREATE TABLE threads (
+    t INTEGER PRIMARY KEY AUTOINCREMENT,
     thread_id TEXT NOT NULL,
-    checkpoint_ns TEXT NOT NULL DEFAULT '',
-    checkpoint_id TEXT NOT NULL,
-    parent_checkpoint_id TEXT,
-    ts TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    UNIQUE (thread_id, checkpoint_ns)
+);
+
+CREATE TABLE checkpoints (
+    t INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    parent BLOB,
+    ts BLOB NOT NULL,
     step INTEGER,
-    source TEXT,
+    source INTEGER,
     run_id TEXT,
-    summary_version TEXT,
-    type TEXT NOT NULL,
-    z INTEGER NOT NULL,
+    meta TEXT,
+    frame BLOB,
+    depth INTEGER NOT NULL,
     body BLOB NOT NULL,
-    metadata TEXT NOT NULL,
-    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+    PRIMARY KEY (t, id)
 ) WITHOUT ROWID;
 CREATE INDEX checkpoints_run_id ON checkpoints (run_id) WHERE run_id IS NOT NULL;
 
 CREATE TABLE blobs (
-    thread_id TEXT NOT NULL,
-    checkpoint_ns TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    version TEXT NOT NULL,
+    t INTEGER NOT NULL,
+    ch INTEGER NOT NULL,
+    ver BLOB NOT NULL,
     kind INTEGER NOT NULL,
-    base TEXT,
-    depth INTEGER NOT NULL DEFAULT 0,
-    type TEXT,
-    z INTEGER NOT NULL DEFAULT 0,
+    base BLOB,
+    typ INTEGER,
+    z INTEGER NOT NULL,
     data BLOB,
+    src_ch INTEGER,
+    src_ver BLOB,
+    depth INTEGER,
     n_items INTEGER,
-    since_full INTEGER NOT NULL DEFAULT 0,
-    full_size INTEGER NOT NULL DEFAULT 0,
-    dict_refs TEXT,
-    extends TEXT,
-    op TEXT,
-    reason TEXT,
-    template TEXT,
-    turn INTEGER,
-    window_tokens INTEGER,
-    history_tokens INTEGER,
-    history_messages INTEGER,
-    tokens_exact INTEGER,
-    PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
+    since_full INTEGER,
+    full_size INTEGER,
+    extends BLOB,
+    summary BLOB,
+    PRIMARY KEY (t, ver, ch)
 ) WITHOUT ROWID;
 
+CREATE TABLE spill (
+    id INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TRIGGER blobs_spill_delete AFTER DELETE ON blobs
+WHEN typeof(old.data) = 'integer'
+BEGIN DELETE FROM spill WHERE id = old.data; END;
+CREATE TRIGGER blobs_spill_update AFTER UPDATE OF data ON blobs
+WHEN typeof(old.data) = 'integer' AND old.data IS NOT new.data
+BEGIN DELETE FROM spill WHERE id = old.data; END;
+
 CREATE TABLE writes (
-    thread_id TEXT NOT NULL,
-    checkpoint_ns TEXT NOT NULL,
-    checkpoint_id TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    task_path TEXT NOT NULL DEFAULT '',
-    channel TEXT NOT NULL,
-    type TEXT,
-    z INTEGER NOT NULL DEFAULT 0,
-    value BLOB,
-    kind INTEGER NOT NULL DEFAULT 0,
-    base_version TEXT,
-    prefix_items INTEGER,
-    dict_refs TEXT,
-    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+    t INTEGER NOT NULL,
+    cid BLOB NOT NULL,
+    task BLOB NOT NULL,
+    path INTEGER NOT NULL,
+    z INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    src_ch INTEGER,
+    src_ver BLOB,
+    depth INTEGER,
+    refs INTEGER,
+    PRIMARY KEY (t, cid, task)
 ) WITHOUT ROWID;
 """
 
@@ -161,9 +187,10 @@ def _check_or_create(conn: sqlite3.Connection, path: Path) -> None:
             raise _refuse(
                 path,
                 f"written by an older llmctx (schema {version}, this one reads schema "
-                f"{SCHEMA_VERSION} only); its layout cannot be read",
+                f"{SCHEMA_VERSION} only); its layout cannot be read. Open it with the llmctx "
+                "that wrote it to export what you need",
             )
-        if not {"checkpoints", "blobs", "writes"} <= tables:
+        if not {"names", "threads", "checkpoints", "blobs", "spill", "writes"} <= tables:
             raise _refuse(path, f"llmctx store with missing tables (schema {version})")
         _pragmas(conn)
         return
@@ -179,9 +206,8 @@ def _check_or_create(conn: sqlite3.Connection, path: Path) -> None:
     try:
         # Another process may have created it between our check and the lock.
         if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-            for statement in _DDL.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(_DDL):
+                conn.execute(statement)
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
@@ -191,11 +217,25 @@ def _check_or_create(conn: sqlite3.Connection, path: Path) -> None:
         raise
 
 
+def _statements(script: str) -> list[str]:
+    """The statements of a DDL script (trigger bodies keep their inner `;`)."""
+    out: list[str] = []
+    for part in script.split(";"):
+        last = out[-1].strip().upper() if out else ""
+        if last.startswith("CREATE TRIGGER") and not last.endswith("END"):
+            out[-1] += ";" + part
+        elif part.strip():
+            out.append(part)
+    return out
+
+
 def _pragmas(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a committed transaction survives a killed process; only a
     # power loss can drop the last few, and never corrupts the file.
     conn.execute("PRAGMA synchronous=NORMAL")
+    # A row replaced by INSERT OR REPLACE fires its delete trigger (frees its spill).
+    conn.execute("PRAGMA recursive_triggers=ON")
     # Checkpoint the WAL every ~400 KB and shrink it back afterwards, so the log never
     # holds more than a fraction of the store (the default lets it grow to 4 MB+).
     conn.execute("PRAGMA wal_autocheckpoint=100")

@@ -1,19 +1,26 @@
 """`LlmctxSaver`: the embedded checkpointer behind every context version.
 
 A LangGraph `BaseCheckpointSaver` on one SQLite file (WAL mode), built for long
-chat threads where every turn is a checkpoint:
+chat threads where every turn is several checkpoints:
 
-* a channel's value is written only when its version changes (one row per
-  thread, namespace, channel and version, like `PostgresSaver`'s blobs);
-* the append-only `messages` history is stored incrementally (only the new
-  messages), and a frame that changes a little every turn as a zstd delta against
-  its previous version; deltas name their base, so forks stay exact (see
-  `_checkpoint_blobs` for the scheme and its bounds);
+* a channel's value is written only when its version changes (one row per thread,
+  channel and version, like `PostgresSaver`'s blobs); the append-only `messages`
+  history is stored incrementally (only the new messages, with geometrically spaced
+  full copies), see `_checkpoint_blobs`;
+* every payload is compressed against one earlier payload when that pays: a frame
+  against its previous version, the input message's second copy (the history's)
+  against the first, a new message against a recent one (`delta_depth` bounds the
+  chain a read decompresses);
+* a task's pending writes are one row, and a write whose value the next checkpoint
+  stores becomes a reference to that row (LangGraph saves the two in either order;
+  whichever comes second links them), so each value is stored once;
+* a checkpoint's body is stored as a delta against its parent's (`_checkpoint_body`);
+  keys are packed (`_checkpoint_keys`); the layout is in `_checkpoint_schema`;
 * listing versions reads small columns only: `list_versions` returns each
   checkpoint's metadata and a summary of its frame without materializing state.
 
 It passes every base and extended test of `langgraph-checkpoint-conformance`,
-supports `DeltaChannel` threads, and refuses a foreign, corrupt or newer file
+supports `DeltaChannel` threads, and refuses a foreign, corrupt, older or newer file
 with `CheckpointStoreError` rather than resetting it.
 
 Example:
@@ -25,6 +32,12 @@ Example:
 Values are treated as immutable once checkpointed (LangGraph's contract): the
 saver recognizes an appended history by the identity of the list items it last
 wrote or read, so mutating an already checkpointed message in place is not seen.
+
+What a turn costs (`python -m tests.benchmarks.versions`: one human and one AI
+message of 200 tokens per turn, four checkpoints and three tasks' writes per turn,
+llmctx's frame of ~34 KB): about 2.7 KB per turn at 2,000 turns, WAL included, of
+which the two messages are ~0.8 KB, the frame's change ~0.3 KB (plus a full frame
+every `delta_depth` versions), the four checkpoint rows ~0.45 KB.
 """
 
 from __future__ import annotations
@@ -35,13 +48,12 @@ import operator
 import random
 import sqlite3
 import threading
-from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -63,45 +75,92 @@ from llmctx.runtime._checkpoint_blobs import (
     BLOB_COLUMNS,
     EMPTY,
     FULL,
+    W_BLOB,
     W_PLAIN,
     W_PREFIX,
     BlobCache,
     BlobReader,
     Encoded,
-    Source,
-    compress_against,
+    Recent,
+    WriteEntry,
     empty,
     encode,
+    pack_writes,
+    source_of,
+    spilled,
+    store_data,
 )
-from llmctx.runtime._checkpoint_codec import SUMMARY_COLUMNS, compress, decompress
+from llmctx.runtime._checkpoint_body import (
+    MAX_DEPTH,
+    Flat,
+    decode_body,
+    encode_body,
+    flatten,
+    pack_metadata,
+    unflatten,
+    unpack_metadata,
+)
+from llmctx.runtime._checkpoint_codec import (
+    Candidate,
+    best_compression,
+    compress,
+    elided,
+    pack_summary,
+    resolve_summary,
+    unpack_summary,
+)
+from llmctx.runtime._checkpoint_keys import (
+    Names,
+    Threads,
+    pack_id,
+    pack_ts,
+    pack_version,
+    unpack_id,
+    unpack_ts,
+    unpack_version,
+)
 from llmctx.runtime._checkpoint_schema import CheckpointStoreError, connect
 
 __all__ = ["CheckpointStoreError", "LlmctxSaver", "VersionRow"]
 
 _PRUNE_STRATEGIES = ("keep_latest", "delete")
-_BLOB_INSERT = (
-    f"INSERT OR REPLACE INTO blobs ({BLOB_COLUMNS}) "
-    f"VALUES ({', '.join('?' * len(BLOB_COLUMNS.split(',')))})"
+_BLOB_INSERT_NEW = (
+    f"INSERT INTO blobs ({BLOB_COLUMNS}) VALUES ({', '.join('?' * len(BLOB_COLUMNS.split(',')))})"
 )
-_CHECKPOINT_COLUMNS = (
-    "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, ts, step, source, "
-    "run_id, summary_version, type, z, body, metadata"
-)
-_WRITE_COLUMNS = (
-    "thread_id, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, z, value, "
-    "kind, base_version, dict_refs, prefix_items"
-)
-_WRITE_VALUE_COLUMNS = "kind, type, z, value, base_version, dict_refs, prefix_items"
+_BLOB_INSERT = _BLOB_INSERT_NEW.replace("INSERT", "INSERT OR REPLACE", 1)
+
+
+class _Conflict(Exception):
+    """A plain insert met a stored row: the write is redone in careful mode."""
+
+
+def _insert(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    try:
+        conn.executemany(sql, rows)
+    except sqlite3.IntegrityError as exc:
+        if "UNIQUE" not in str(exc) and "PRIMARY KEY" not in str(exc):
+            raise
+        raise _Conflict from exc
+
+
+_CHECKPOINT_COLUMNS = "t, id, parent, ts, step, source, run_id, meta, frame, depth, body"
+_WRITE_COLUMNS = "t, cid, task, path, z, data, src_ch, src_ver, depth, refs"
 _INPUT_CHANNEL = "__start__"  # holds a run's input messages
-# The last few list payloads (and inputs) stored per thread serve as the compression
-# dictionary of the next ones: a message is stored once in full per turn.
-_RECENT_COUNT = 4
-_RECENT_BYTES = 32_768
-_MIN_RECENT = 64
+_BODY_CACHE = 512
+
+# The chain of bodies a checkpoint's body is a delta against, back to a full one.
+_BODY_CHAIN_SQL = """
+WITH RECURSIVE chain(id, parent, depth, body) AS (
+    SELECT id, parent, depth, body FROM checkpoints WHERE t = ?1 AND id = ?2
+    UNION ALL
+    SELECT c.id, c.parent, c.depth, c.body FROM checkpoints c JOIN chain
+    ON c.t = ?1 AND c.id = chain.parent WHERE chain.depth > 0
+)
+SELECT id, parent, depth, body FROM chain
+"""
 
 
-@dataclass(frozen=True)
-class VersionRow:
+class VersionRow(NamedTuple):
     """One checkpoint as `list_versions` reads it: no channel values are decoded.
 
     The summary fields come from the frame (the `context` channel) that this
@@ -130,7 +189,35 @@ class VersionRow:
     tokens_exact: bool | None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
+
+
+_TaskRows = dict[Any, tuple[list[WriteEntry], int]]
+"""The pending-write rows this process stored for one checkpoint, by task (their
+writes, and their stored size): what its child checkpoint will store again."""
+_RECENT_CHECKPOINTS = 4  # LangGraph may save a step's writes and the next put in any order
+_RECENT_THREADS = 64
+
+
+def _remember(
+    store: dict[int, OrderedDict[Any, dict[Any, Any]]],
+    t: int,
+    cid: Any,
+    items: dict[Any, Any],
+    *,
+    merge: bool = False,
+) -> None:
+    """Keep `items` for checkpoint `cid` of thread `t`, for the last few of each."""
+    by_checkpoint = store.pop(t, None) or OrderedDict()
+    store[t] = by_checkpoint  # most recently used thread last
+    if merge and cid in by_checkpoint:
+        by_checkpoint[cid].update(items)
+    else:
+        by_checkpoint[cid] = dict(items)
+    while len(by_checkpoint) > _RECENT_CHECKPOINTS:
+        by_checkpoint.popitem(last=False)
+    while len(store) > _RECENT_THREADS:
+        store.pop(next(iter(store)))
 
 
 class LlmctxSaver(BaseCheckpointSaver[str]):
@@ -138,9 +225,9 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
 
     `path` is created if missing. `summary_channel` names the channel whose value
     feeds the `VersionRow` summary (`"context"`, the llmctx frame). `delta_depth`
-    bounds a `zdelta` chain (a full copy every that many versions);
-    `append_ratio` bounds an append chain (a full copy once the appended bytes reach
-    that multiple of the last full copy).
+    bounds a chain of compression sources (a read decompresses at most that many
+    payloads to rebuild one); `append_ratio` bounds an append chain (a full copy once
+    the appended bytes reach that multiple of the last full copy).
 
     Thread-safe: one connection guarded by a lock; the async methods run the
     sync ones in a worker thread. Several processes may share the file (WAL,
@@ -153,7 +240,7 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         *,
         serde: SerializerProtocol | None = None,
         summary_channel: str = "context",
-        delta_depth: int = 32,
+        delta_depth: int = 64,
         append_ratio: float = 16.0,
     ) -> None:
         super().__init__(serde=serde)
@@ -163,13 +250,22 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         self.append_ratio = append_ratio
         self._conn: sqlite3.Connection | None = connect(self.path)
         self._lock = threading.RLock()
+        self._names = Names()
+        self._threads = Threads()
         self._cache = BlobCache()
-        self._recent: dict[tuple[str, str], deque[Source]] = {}
+        self._recent: dict[int, Recent] = {}
+        self._task_rows: dict[int, OrderedDict[Any, _TaskRows]] = {}
+        # What the last few puts stored, by parent: (version, type id, payload) by channel.
+        self._child_values: dict[int, OrderedDict[Any, dict[int, Any]]] = {}
+        # The body last written or read per thread number: the parent of the next put.
+        self._bodies: OrderedDict[int, tuple[bytes | str, Flat, int]] = OrderedDict()
         # True inside a write when no other connection committed since our last write:
         # then what this process cached (bases, recent sources) is known to be in the
         # file and needs no lookup (`PRAGMA data_version` tells).
         self._trusted = False
-        self._data_version: int | None = None
+        self._on_commit: list[Callable[[], None]] = []
+        self._write_version: int | None = None
+        self._seen_version: int | None = None
 
     @classmethod
     def from_path(cls, path: str | Path, **options: Any) -> LlmctxSaver:
@@ -192,6 +288,10 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
                 self._conn = None
                 self._cache.clear()
                 self._recent.clear()
+                self._task_rows.clear()
+                self._child_values.clear()
+                self._bodies.clear()
+                self._threads.clear()
 
     def __enter__(self) -> LlmctxSaver:
         return self
@@ -215,24 +315,47 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
     ) -> None:
         self.close()
 
+    def _observe(self, conn: sqlite3.Connection) -> int:
+        """Note another connection's commits: they may have deleted or rewritten
+        threads, so the caches that are not checked row by row are dropped."""
+        seen = conn.execute("PRAGMA data_version").fetchone()[0]
+        if seen != self._seen_version:
+            self._seen_version = seen
+            self._threads.clear()
+            self._bodies.clear()
+        return int(seen)
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken eagerly so concurrent writers queue up."""
+        """One write transaction, taken eagerly so concurrent writers queue up.
+
+        Callbacks in `_on_commit` run after the commit, still under the lock, so the
+        caches they fill are never seen without the rows they describe (nor the rows
+        without them by a concurrent put or put_writes of this process).
+        """
         with self._lock:
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
+            self._on_commit = []
             try:
-                seen = conn.execute("PRAGMA data_version").fetchone()[0]
-                self._trusted = seen == self._data_version
-                self._data_version = seen
+                seen = self._observe(conn)
+                self._trusted = seen == self._write_version
+                self._write_version = seen
                 yield conn
             except BaseException:
                 self._trusted = False
+                self._names.rollback()
+                self._threads.rollback()
                 conn.execute("ROLLBACK")
                 raise
             finally:
                 self._trusted = False
             conn.execute("COMMIT")
+            self._names.commit()
+            self._threads.commit()
+            hooks, self._on_commit = self._on_commit, []
+            for hook in hooks:
+                hook()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -241,6 +364,7 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             conn = self.conn
             conn.execute("BEGIN")
             try:
+                self._observe(conn)
                 yield conn
             finally:
                 conn.execute("COMMIT")
@@ -267,73 +391,115 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint; only the channels in `new_versions` get new rows."""
+        try:
+            return self._put(config, checkpoint, metadata, new_versions, careful=False)
+        except _Conflict:
+            # The checkpoint or a version is stored already: redo it with the checks
+            # that keep what was built on the old rows readable.
+            return self._put(config, checkpoint, metadata, new_versions, careful=True)
+
+    def _put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+        *,
+        careful: bool,
+    ) -> RunnableConfig:
         conf = config["configurable"]
         thread_id = str(conf["thread_id"])
         ns = conf.get("checkpoint_ns", "") or ""
         parent_id = conf.get("checkpoint_id")
-        body = dict(checkpoint)
-        values: dict[str, Any] = body.pop("channel_values", {}) or {}
-        body_type, body_raw = self.serde.dumps_typed(body)
-        body_z, body_data = compress(body_raw)
+        values: dict[str, Any] = checkpoint.get("channel_values") or {}
+        flat = flatten({k: v for k, v in checkpoint.items() if k not in _NOT_BODY})
         md = get_serializable_checkpoint_metadata(config, metadata)
+        cid = pack_id(str(checkpoint["id"]))
+        parent = pack_id(str(parent_id)) if parent_id else None
         summary_version = checkpoint["channel_versions"].get(self.summary_channel)
-        row = (
-            thread_id,
-            ns,
-            checkpoint["id"],
-            parent_id,
-            checkpoint["ts"],
-            md.get("step"),
-            md.get("source"),
-            _opt_str(md.get("run_id")),
-            None if summary_version is None else str(summary_version),
-            body_type,
-            body_z,
-            body_data,
-            json.dumps(md),
-        )
         with self._write() as conn:
+            t = self._threads.get(conn, thread_id, ns)
+
+            def name_id(name: str) -> int:
+                return self._names.id(conn, name)
+
+            depth = 0
+            parent_flat = None
+            if parent is not None and parent != cid:
+                found = self._parent_body(conn, t, parent)
+                if found is not None and found[1] + 1 < MAX_DEPTH:
+                    parent_flat, depth = found[0], found[1] + 1
+            body = encode_body(flat, parent_flat, name_id, self.serde)
+            if careful:
+                self._before_rewrite_checkpoint(conn, t, cid)
+            keyed = [(ch, name_id(ch), pack_version(ver)) for ch, ver in new_versions.items()]
             encoded = [
-                (ch, str(ver), self._encode(conn, thread_id, ns, parent_id, ch, str(ver), values))
-                for ch, ver in new_versions.items()
+                (ch, ch_id, ver, self._encode(conn, t, parent, ch, ch_id, ver, values))
+                for ch, ch_id, ver in keyed
             ]
-            existing = _existing_versions(conn, thread_id, ns, [(c, v) for c, v, _ in encoded])
+            # New rows are inserted plainly: a version or checkpoint stored already (a
+            # conflict) restarts the put in careful mode, which handles it.
+            if careful or any(enc.kind == EMPTY for *_, enc in encoded):
+                existing = _existing_versions(conn, t, [(c, v) for _, c, v, _ in encoded])
+            else:
+                existing = set()
             checked = [
                 (
                     ch,
+                    ch_id,
                     ver,
-                    self._check_blob(conn, thread_id, ns, parent_id, ch, ver, enc, values)
-                    if (ch, ver) in existing or not self._trusted
+                    self._check_blob(conn, t, parent, ch, ch_id, ver, enc, values)
+                    if (ch_id, ver) in existing
                     else enc,
                 )
-                for ch, ver, enc in encoded
+                for ch, ch_id, ver, enc in encoded
             ]
             # A channel without a value gets no row: a missing version reads as empty.
-            stored = [(ch, ver, enc) for ch, ver, enc in checked if enc.kind != EMPTY]
-            conn.executemany(
-                _BLOB_INSERT, [enc.row((thread_id, ns, ch, v)) for ch, v, enc in stored]
+            rows = [
+                enc.row(t, ch_id, ver, name_id(enc.type) if enc.type else None)
+                for _, ch_id, ver, enc in checked
+                if enc.kind != EMPTY
+            ]
+            _insert(
+                conn,
+                _BLOB_INSERT if careful else _BLOB_INSERT_NEW,
+                [(*r[:7], store_data(conn, r[7]), *r[8:]) for r in rows],
             )
-            if emptied := [(thread_id, ns, c, v) for c, v, e in checked if e.kind == EMPTY]:
-                conn.executemany(
-                    "DELETE FROM blobs WHERE thread_id = ? AND checkpoint_ns = ? AND channel = ? "
-                    "AND version = ?",
-                    emptied,
-                )
-            conn.execute(
-                f"INSERT OR REPLACE INTO checkpoints ({_CHECKPOINT_COLUMNS}) "
-                f"VALUES ({', '.join('?' * 13)})",
-                row,
+            if emptied := [(t, c, v) for _, c, v, e in checked if e.kind == EMPTY]:
+                conn.executemany("DELETE FROM blobs WHERE t = ? AND ch = ? AND ver = ?", emptied)
+            stored = {
+                ch_id: (ver, name_id(enc.type), enc.stored_raw, enc.comp.depth)
+                for _, ch_id, ver, enc in checked
+                if enc.kind in (FULL, APPEND)
+                and enc.type
+                and enc.stored_raw is not None
+                and enc.comp is not None
+            }
+            step, source, run_id, meta = pack_metadata(md, name_id)
+            _insert(
+                conn,
+                f"INSERT {'OR REPLACE ' if careful else ''}INTO checkpoints "
+                f"({_CHECKPOINT_COLUMNS}) VALUES ({', '.join('?' * 11)})",
+                [
+                    (
+                        t,
+                        cid,
+                        parent,
+                        pack_ts(str(checkpoint["ts"]), cid),
+                        step,
+                        source,
+                        run_id,
+                        meta,
+                        None if summary_version is None else pack_version(summary_version),
+                        depth,
+                        body,
+                    )
+                ],
             )
-        with self._lock:
-            for ch, ver, enc in checked:
-                self._cache.set((thread_id, ns, ch), enc.entry)
-                if (
-                    enc.kind in (FULL, APPEND)
-                    and enc.dict_refs is None
-                    and enc.stored_raw is not None
-                    and _recent_worthy(ch, values)
-                ):
-                    self._remember(thread_id, ns, ["b", ch, ver], enc.stored_raw)
+            self._refer_parent_writes(conn, t, parent, stored)
+            self._on_commit.append(
+                lambda: self._after_put(t, cid, parent, flat, depth, stored, checked, values)
+            )
         return {
             "configurable": {
                 "thread_id": thread_id,
@@ -342,187 +508,323 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             }
         }
 
+    def _after_put(
+        self,
+        t: int,
+        cid: Any,
+        parent: Any,
+        flat: Flat,
+        depth: int,
+        stored: dict[int, Any],
+        checked: list[tuple[str, int, Any, Encoded]],
+        values: dict[str, Any],
+    ) -> None:
+        """Cache what a committed put stored: the next put's bases and sources."""
+        self._remember_body(t, cid, flat, depth)
+        if parent is not None:
+            # LangGraph may save the parent's writes after this put: they look here.
+            _remember(self._child_values, t, parent, stored)
+        for ch, ch_id, ver, enc in checked:
+            entry = enc.entry
+            comp = enc.comp
+            if entry is not None and enc.kind == FULL and comp is not None:
+                entry.source = Candidate((ch_id, ver), enc.stored_raw or b"", comp.depth)
+            self._cache.set((t, ch_id), entry)
+            if (
+                enc.kind in (FULL, APPEND)
+                and comp is not None
+                and enc.stored_raw is not None
+                and _recent_worthy(ch, values.get(ch))
+            ):
+                self._recent_of(t).add(Candidate((ch_id, ver), enc.stored_raw, comp.depth))
+
     def _encode(
         self,
         conn: sqlite3.Connection,
-        thread_id: str,
-        ns: str,
-        parent_id: str | None,
+        t: int,
+        parent: bytes | str | None,
         channel: str,
-        version: str,
+        ch: int,
+        version: int | str,
         values: dict[str, Any],
     ) -> Encoded:
         if channel not in values:
             return empty()
         value = values[channel]
-        prev = self._cache.get((thread_id, ns, channel))
-        sources = self._sources(conn, thread_id, ns) if _recent_worthy(channel, values) else None
+        prev = self._cache.get((t, ch))
+        if prev is not None and not self._stored(conn, t, ch, prev.version):
+            self._cache.set((t, ch), None)  # another process deleted it
+            prev = None
+        candidates = [c for c in self._candidates(conn, t) if c.ref != (ch, version)]
         return encode(
             self.serde,
             version,
             value,
             prev,
             summarize=channel == self.summary_channel,
-            delta_depth=self.delta_depth,
             append_ratio=self.append_ratio,
-            sources=sources,
+            max_depth=self.delta_depth,
+            candidates=candidates,
         )
 
-    def _stored(
-        self, conn: sqlite3.Connection, thread_id: str, ns: str, channel: str, version: str
-    ) -> bool:
+    def _stored(self, conn: sqlite3.Connection, t: int, ch: int, version: int | str) -> bool:
         """Whether a version this process cached is still in the file."""
-        return self._trusted or _blob_exists(conn, thread_id, ns, channel, version)
+        return self._trusted or _blob_exists(conn, t, ch, version)
 
-    def _forget(self, thread_id: str) -> None:
-        """Drop what this process cached about a thread (after deleting from it)."""
-        self._cache.drop_thread(thread_id)
-        for key in [k for k in self._recent if k[0] == thread_id]:
-            del self._recent[key]
+    def _recent_of(self, t: int) -> Recent:
+        recent = self._recent.get(t)
+        if recent is None:
+            if len(self._recent) >= 512:  # forget the least recently created thread
+                self._recent.pop(next(iter(self._recent)))
+            recent = self._recent[t] = Recent()
+        return recent
 
-    def _remember(self, thread_id: str, ns: str, ref: list[Any], raw: bytes) -> None:
-        """Keep a just committed payload as a compression source of the next ones."""
-        if len(raw) < _MIN_RECENT:
-            return
-        recent = self._recent.setdefault((thread_id, ns), deque())
-        recent.append((ref, raw))
-        while len(recent) > _RECENT_COUNT or (
-            len(recent) > 1 and sum(len(r) for _, r in recent) > _RECENT_BYTES
-        ):
-            recent.popleft()
-        if len(self._recent) > 512:  # forget the least recently written thread
-            self._recent.pop(next(iter(self._recent)))
-
-    def _sources(self, conn: sqlite3.Connection, thread_id: str, ns: str) -> list[Source]:
-        """The recent payloads of a thread that are still in the file."""
-        recent = self._recent.get((thread_id, ns))
-        if not recent:
+    def _candidates(self, conn: sqlite3.Connection, t: int) -> list[Candidate]:
+        """The thread's recent payloads that are still in the file, newest first."""
+        recent = self._recent.get(t)
+        if recent is None or not recent.items:
             return []
         if self._trusted:
-            return list(recent)
-        alive = [src for src in recent if _source_exists(conn, thread_id, ns, src[0])]
-        if len(alive) < len(recent):
-            self._recent[(thread_id, ns)] = deque(alive)
+            return list(recent.items)
+        alive = [c for c in recent.items if _blob_exists(conn, t, *c.ref)]
+        recent.keep(alive)
         return alive
+
+    def _refer_parent_writes(
+        self,
+        conn: sqlite3.Connection,
+        t: int,
+        parent: bytes | str | None,
+        stored: dict[int, tuple[int | str, int, bytes, int]],
+    ) -> None:
+        """Rewrite the parent's pending writes against what this put stored
+        (`stored`: channel -> (version, type id, payload, depth)).
+
+        A write whose payload a new row now stores becomes a reference to it
+        (`W_BLOB`); a row whose other writes resemble a new value (a message whose id
+        the reducer set after it was saved) is compressed against it when smaller.
+        Only the rows this process wrote, and only when no other connection wrote
+        since (`_trusted`): then the cached entries are what the file holds.
+        """
+        if parent is None:
+            return
+        by_checkpoint = self._task_rows.get(t)
+        rows = by_checkpoint.pop(parent, None) if by_checkpoint else None
+        if rows is None or not self._trusted:
+            return
+        for task, (entries, size) in rows.items():
+            out, sources = _against_stored(entries, stored)
+            comp = best_compression(pack_writes(out), sources, max_depth=self.delta_depth)
+            if out == entries and comp.size >= size:
+                continue
+            src_ch, src_ver = comp.src or (None, None)
+            conn.execute(
+                "UPDATE writes SET z = ?, data = ?, src_ch = ?, src_ver = ?, depth = ?, refs = ? "
+                "WHERE t = ? AND cid = ? AND task = ?",
+                (
+                    comp.z,
+                    comp.data,
+                    src_ch,
+                    src_ver,
+                    comp.depth or None,
+                    _refs(out),
+                    t,
+                    parent,
+                    task,
+                ),
+            )
+
+    def _refer_child_values(
+        self, conn: sqlite3.Connection, t: int, cid: Any, entries: list[WriteEntry]
+    ) -> tuple[list[WriteEntry], list[Candidate]]:
+        """`_against_stored` with what a child checkpoint of `cid` stored (LangGraph
+        saved that checkpoint before these writes), if it is still in the file."""
+        stored = self._child_values.get(t, {}).get(cid)
+        if not stored:
+            return entries, []
+        alive = {ch: hit for ch, hit in stored.items() if self._stored(conn, t, ch, hit[0])}
+        return _against_stored(entries, alive)
+
+    def _forget(self, t: int) -> None:
+        """Drop what this process cached about a thread (after deleting from it)."""
+        self._cache.drop_thread(t)
+        self._recent.pop(t, None)
+        self._task_rows.pop(t, None)
+        self._child_values.pop(t, None)
+        self._bodies.pop(t, None)
+
+    def _remember_body(self, t: int, cid: bytes | str, flat: Flat, depth: int) -> None:
+        self._bodies[t] = (cid, flat, depth)
+        self._bodies.move_to_end(t)
+        while len(self._bodies) > _BODY_CACHE:
+            self._bodies.popitem(last=False)
+
+    def _parent_body(
+        self, conn: sqlite3.Connection, t: int, parent: bytes | str
+    ) -> tuple[Flat, int] | None:
+        """The flat body and depth of a stored checkpoint, or `None` if it isn't."""
+        cached = self._bodies.get(t)
+        if cached is not None and cached[0] == parent:
+            return cached[1], cached[2]
+        bodies = _Bodies(self, conn, t)
+        flat = bodies.get(parent)
+        if flat is None:
+            return None
+        return flat, bodies.depth(parent)
+
+    def _before_rewrite_checkpoint(
+        self, conn: sqlite3.Connection, t: int, cid: bytes | str
+    ) -> None:
+        """A checkpoint stored again (same id) may change its body: the bodies stored
+        as deltas against it become full ones first."""
+        if conn.execute("SELECT 1 FROM checkpoints WHERE t = ? AND id = ?", (t, cid)).fetchone():
+            self._materialize_children(conn, t, {cid})
+            self._bodies.pop(t, None)
+
+    def _materialize_children(
+        self, conn: sqlite3.Connection, t: int, parents: set[bytes | str]
+    ) -> None:
+        """Rewrite as full bodies the bodies stored as deltas against `parents`."""
+        if not parents:
+            return
+        children = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id, parent FROM checkpoints WHERE t = ? AND depth > 0", (t,)
+            )
+            if r[1] in parents
+        ]
+        if not children:
+            return
+        bodies = _Bodies(self, conn, t)
+        updates = []
+        for child in children:
+            flat = bodies.get(child)
+            assert flat is not None
+            body = encode_body(flat, None, lambda n: self._names.id(conn, n), self.serde)
+            updates.append((body, t, child))
+        conn.executemany(
+            "UPDATE checkpoints SET depth = 0, body = ? WHERE t = ? AND id = ?", updates
+        )
 
     def _check_blob(
         self,
         conn: sqlite3.Connection,
-        thread_id: str,
-        ns: str,
-        parent_id: str | None,
+        t: int,
+        parent: bytes | str | None,
         channel: str,
-        version: str,
+        ch: int,
+        version: int | str,
         enc: Encoded,
         values: dict[str, Any],
     ) -> Encoded:
-        """`enc`, made safe against what other writers did.
+        """`enc` for a version that is already stored (the same key written again).
 
-        A delta whose base another process deleted is re-encoded in full. A version
-        written again (same key) first turns the rows built on it into full copies.
+        Everything built on the old row first stops depending on it: rows compressed
+        against it are re-compressed alone, appends to it become full copies and
+        pending writes that extend it store their whole list.
         """
-        key = (thread_id, ns, channel)
-        if enc.base is not None and not _blob_exists(conn, thread_id, ns, channel, enc.base):
-            self._cache.set(key, None)
-            enc = self._encode(conn, thread_id, ns, parent_id, channel, version, values)
-        if _blob_exists(conn, thread_id, ns, channel, version):
-            # Everything whose stored payload changes below stops being a source first.
-            changing = {("b", channel, version)}
-            changing.update(
-                ("b", channel, r[0])
-                for r in conn.execute(
-                    "SELECT version FROM blobs WHERE thread_id = ? AND checkpoint_ns = ? "
-                    "AND channel = ? AND base = ?",
-                    (thread_id, ns, channel, version),
-                )
+        dependents = [
+            r[0]
+            for r in conn.execute(
+                "SELECT ver FROM blobs WHERE t = ? AND ch = ? AND base = ?", (t, ch, version)
             )
-            changing.update(
-                ("w", *r)
-                for r in conn.execute(
-                    "SELECT checkpoint_id, task_id, idx FROM writes WHERE thread_id = ? "
-                    "AND checkpoint_ns = ? AND channel = ? AND base_version = ?",
-                    (thread_id, ns, channel, version),
-                )
-            )
-            self._detach(conn, thread_id, ns, changing)
-            self._rematerialize_dependents(conn, thread_id, ns, channel, version)
-            self._rematerialize_writes(conn, thread_id, ns, channel, version)
-            conn.execute(
-                "UPDATE blobs SET extends = NULL WHERE thread_id = ? AND checkpoint_ns = ? "
-                "AND channel = ? AND extends = ?",
-                (thread_id, ns, channel, version),
-            )
-            self._recent.pop((thread_id, ns), None)
+        ]
+        changing = {(ch, v) for v in [version, *dependents]}
+        dependent_writes = self._writes_on(conn, t, ch, {version, *dependents})
+        self._detach(conn, t, changing)
+        self._rematerialize_dependents(conn, t, ch, version)
+        self._rematerialize_writes(conn, t, dependent_writes)
+        conn.execute(
+            "UPDATE blobs SET extends = NULL WHERE t = ? AND ch = ? AND extends = ?",
+            (t, ch, version),
+        )
+        self._recent.pop(t, None)
+        self._task_rows.pop(t, None)
+        if enc.comp is not None and enc.comp.src is not None:
+            # Its source may have been one of the rows just rewritten.
+            enc = self._encode(conn, t, parent, channel, ch, version, values)
         return enc
 
+    def _writes_on(
+        self, conn: sqlite3.Connection, t: int, ch: int, versions: set[Any]
+    ) -> list[tuple[bytes | str, bytes | str]]:
+        """The pending-write rows stored against (ch, any of `versions`)."""
+        out = []
+        for cid, task, bases in self._write_bases(conn, t):
+            if any(b[0] == ch and b[1] in versions for b in bases):
+                out.append((cid, task))
+        return out
+
+    def _write_bases(
+        self, conn: sqlite3.Connection, t: int
+    ) -> list[tuple[Any, Any, set[tuple[int, Any]]]]:
+        """Every pending-write row stored against `blobs` rows (`refs`), with those rows."""
+        reader = BlobReader(conn, self.serde, BlobCache(0), self._names, t)
+        return [
+            (cid, task, {(e.ch, e.base) for e in reader.writes(z, data, src) if _is_ref(e)})
+            for cid, task, z, data, src in _write_payloads(conn, t, "refs IS NOT NULL")
+        ]
+
     def _rematerialize_writes(
-        self, conn: sqlite3.Connection, thread_id: str, ns: str, channel: str, version: str
+        self,
+        conn: sqlite3.Connection,
+        t: int,
+        rows: list[tuple[bytes | str, bytes | str]],
     ) -> None:
-        """Store on their own the pending writes built on a version about to be replaced."""
-        rows = conn.execute(
-            "SELECT checkpoint_id, task_id, idx, channel, kind, type, z, value, base_version, "
-            "dict_refs, prefix_items FROM writes WHERE thread_id = ? AND checkpoint_ns = ? "
-            "AND channel = ? AND base_version = ?",
-            (thread_id, ns, channel, version),
-        ).fetchall()
+        """Store every write of these rows on its own (their bases are about to change)."""
         if not rows:
             return
-        reader = BlobReader(conn, self.serde, BlobCache(0), thread_id, ns)
+        reader = BlobReader(conn, self.serde, BlobCache(0), self._names, t)
         updates = []
-        for cid, task_id, idx, ch, *stored in rows:
-            typ, raw = self.serde.dumps_typed(reader.write_value(ch, *stored))
-            z, data = compress(raw)
-            updates.append((typ, z, data, thread_id, ns, cid, task_id, idx))
+        for cid, task in rows:
+            ((_, _, z, data, src),) = _write_payloads(conn, t, "cid = ? AND task = ?", cid, task)
+            entries = []
+            for entry in reader.writes(z, data, src):
+                value = reader.write_value(entry)
+                typ, raw = self.serde.dumps_typed(value)
+                typ_id = self._names.id(conn, typ)
+                entries.append(WriteEntry(entry.idx, entry.ch, typ_id, W_PLAIN, raw))
+            z2, data2 = compress(pack_writes(entries))
+            updates.append((z2, data2, t, cid, task))
         conn.executemany(
-            f"UPDATE writes SET kind = {W_PLAIN}, type = ?, z = ?, value = ?, dict_refs = NULL, "
-            "base_version = NULL, prefix_items = NULL WHERE thread_id = ? AND checkpoint_ns = ? "
-            "AND checkpoint_id = ? AND task_id = ? AND idx = ?",
+            "UPDATE writes SET z = ?, data = ?, src_ch = NULL, src_ver = NULL, depth = NULL, "
+            "refs = NULL "
+            "WHERE t = ? AND cid = ? AND task = ?",
             updates,
         )
 
     def _rematerialize_dependents(
-        self, conn: sqlite3.Connection, thread_id: str, ns: str, channel: str, version: str
+        self, conn: sqlite3.Connection, t: int, ch: int, version: int | str
     ) -> None:
+        """Turn the appends to a version about to be replaced into full copies."""
         dependents = [
             r[0]
             for r in conn.execute(
-                "SELECT version FROM blobs WHERE thread_id = ? AND checkpoint_ns = ? "
-                "AND channel = ? AND base = ?",
-                (thread_id, ns, channel, version),
+                "SELECT ver FROM blobs WHERE t = ? AND ch = ? AND base = ?", (t, ch, version)
             )
         ]
         if not dependents:
             return
-        reader = BlobReader(conn, self.serde, BlobCache(0), thread_id, ns)
+        reader = BlobReader(conn, self.serde, BlobCache(0), self._names, t)
         rows = []
         for dep in dependents:
-            found, value = reader.value(channel, dep)
+            found, value = reader.value(ch, dep)
             if not found:
                 continue
-            full = encode(
-                self.serde, dep, value, None, summarize=False, delta_depth=0, append_ratio=0
-            )
-            rows.append(
-                (
-                    full.type,
-                    full.z,
-                    full.data,
-                    full.n_items,
-                    full.full_size,
-                    thread_id,
-                    ns,
-                    channel,
-                    dep,
-                )
-            )
+            typ, raw = self.serde.dumps_typed(value)
+            z, data = compress(raw)
+            n_items = len(value) if isinstance(value, list) else None
+            typ_id = self._names.id(conn, typ)
+            rows.append((typ_id, z, store_data(conn, data), n_items, len(raw), t, ch, dep))
         conn.executemany(
-            "UPDATE blobs SET kind = 0, base = NULL, depth = 0, type = ?, z = ?, data = ?, "
-            "n_items = ?, since_full = 0, full_size = ?, dict_refs = NULL "
-            "WHERE thread_id = ? AND "
-            "checkpoint_ns = ? AND channel = ? AND version = ?",
+            f"UPDATE blobs SET kind = {FULL}, base = NULL, typ = ?, z = ?, data = ?, "
+            "src_ch = NULL, src_ver = NULL, depth = NULL, n_items = ?, since_full = NULL, "
+            "full_size = ? "
+            "WHERE t = ? AND ch = ? AND ver = ?",
             rows,
         )
-        self._forget(thread_id)
+        self._forget(t)
 
     def put_writes(
         self,
@@ -532,85 +834,102 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         """Store a task's pending writes; a repeated (task, index) is ignored."""
+        try:
+            self._put_writes(config, writes, task_id, task_path, careful=False)
+        except _Conflict:
+            # The task has writes stored already: merge with them.
+            self._put_writes(config, writes, task_id, task_path, careful=True)
+
+    def _put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+        *,
+        careful: bool,
+    ) -> None:
         conf = config["configurable"]
         thread_id = str(conf["thread_id"])
         ns = conf.get("checkpoint_ns", "") or ""
-        checkpoint_id = conf["checkpoint_id"]
+        cid = pack_id(str(conf["checkpoint_id"]))
+        task = pack_id(str(task_id))
         # Special writes (errors, interrupts) replace; regular ones are write-once.
         replace = all(w[0] in WRITES_IDX_MAP for w in writes)
         with self._write() as conn:
-            existing = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT idx FROM writes WHERE thread_id = ? AND checkpoint_ns = ? "
-                    "AND checkpoint_id = ? AND task_id = ?",
-                    (thread_id, ns, checkpoint_id, task_id),
-                )
-            }
-            rows = []
-            remembered: list[tuple[list[Any], bytes]] = []
+            t = self._threads.get(conn, thread_id, ns)
+            old: list[WriteEntry] = []
+            found = []
+            if careful:
+                found = _write_payloads(conn, t, "cid = ? AND task = ?", cid, task)
+            if found:
+                reader = BlobReader(conn, self.serde, self._cache, self._names, t)
+                old = reader.writes(*found[0][2:])
+            have = {e.idx for e in old}
+            new: list[WriteEntry] = []
             for i, (channel, value) in enumerate(writes):
                 idx = WRITES_IDX_MAP.get(channel, i)
-                if idx in existing and not replace:
+                if idx in have and not replace:
                     continue
-                encoded, raw = self._encode_write(conn, thread_id, ns, channel, value)
-                rows.append(
-                    (thread_id, ns, checkpoint_id, task_id, idx, task_path, channel, *encoded)
-                )
-                if raw is not None and encoded[5] is None:
-                    remembered.append((["w", checkpoint_id, task_id, idx], raw))
-            if replace and existing:
-                self._detach(
-                    conn, thread_id, ns, {("w", checkpoint_id, task_id, r[4]) for r in rows}
-                )
-            conn.executemany(
-                f"INSERT OR REPLACE INTO writes ({_WRITE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-                rows,
+                new.append(self._encode_write(conn, t, idx, channel, value))
+            new, child = self._refer_child_values(conn, t, cid, new)
+            if not new:
+                return
+            replaced = {e.idx for e in new}
+            entries = sorted([*(e for e in old if e.idx not in replaced), *new], key=_write_order)
+            raw = pack_writes(entries)
+            own = [
+                c
+                for e in entries
+                if (prev := self._cache.get((t, e.ch))) is not None
+                and prev.source is not None
+                and prev.items is None
+                and self._stored(conn, t, e.ch, prev.version)
+                for c in [prev.source]
+            ]
+            candidates = [*child, *own, *self._candidates(conn, t)]
+            comp = best_compression(raw, candidates, max_depth=self.delta_depth)
+            _insert(
+                conn,
+                f"INSERT {'OR REPLACE ' if careful else ''}INTO writes ({_WRITE_COLUMNS}) "
+                f"VALUES ({', '.join('?' * 10)})",
+                [
+                    (
+                        t,
+                        cid,
+                        task,
+                        self._names.id(conn, task_path),
+                        comp.z,
+                        comp.data,
+                        *(comp.src or (None, None)),
+                        comp.depth or None,
+                        _refs(entries),
+                    )
+                ],
             )
-        with self._lock:
-            for ref, raw in remembered:
-                self._remember(thread_id, ns, ref, raw)
+            if any(e.kind == W_PLAIN for e in entries):
+                size = comp.size
+                self._on_commit.append(
+                    lambda: _remember(self._task_rows, t, cid, {task: (entries, size)}, merge=True)
+                )
 
     def _encode_write(
-        self, conn: sqlite3.Connection, thread_id: str, ns: str, channel: str, value: Any
-    ) -> tuple[tuple[str, int, bytes, int, str | None, str | None, int | None], bytes | None]:
-        """`((type, z, value, kind, base_version, dict_refs, prefix_items), source)`.
-
-        A list that shares its first items (identical objects: the whole history
-        returned again by a node) with the channel's latest stored list stores only
-        the rest (`W_PREFIX`, with how many of the base's items it starts with).
-        A list is compressed against the thread's recent payloads, another value
-        against its channel's latest value. `source` is the payload a later value may
-        be compressed against (lists only), or `None`.
-        """
-        prev = self._cache.get((thread_id, ns, channel))
-        if type(value) is list:
-            sources = self._sources(conn, thread_id, ns)
-            shared = _shared_prefix(prev.items, value) if prev and prev.items else 0
-            if (
-                shared
-                and 2 * shared >= len(value)
-                and self._stored(conn, thread_id, ns, channel, prev.version)
-            ):
-                assert prev is not None and prev.items is not None
+        self, conn: sqlite3.Connection, t: int, idx: int, channel: str, value: Any
+    ) -> WriteEntry:
+        """One pending write; a list that shares its first items (identical objects: the
+        whole history returned again by a node) with the channel's latest stored list
+        stores only the rest (`W_PREFIX`, with how many of the base's items it keeps)."""
+        ch = self._names.id(conn, channel)
+        prev = self._cache.get((t, ch))
+        if type(value) is list and prev is not None and prev.items:
+            shared = _shared_prefix(prev.items, value)
+            if shared and 2 * shared >= len(value) and self._stored(conn, t, ch, prev.version):
                 typ, raw = self.serde.dumps_typed(value[shared:])
-                z, data, refs = compress_against(raw, sources)
                 count = None if shared == len(prev.items) else shared
-                return (typ, z, data, W_PREFIX, prev.version, refs, count), raw
-            typ, raw = self.serde.dumps_typed(value)
-            z, data, refs = compress_against(raw, sources)
-            return (typ, z, data, W_PLAIN, None, refs, None), raw
+                typ_id = self._names.id(conn, typ)
+                return WriteEntry(idx, ch, typ_id, W_PREFIX, raw, prev.version, count)
         typ, raw = self.serde.dumps_typed(value)
-        own: list[Source] = []
-        if (
-            prev is not None
-            and prev.raw is not None
-            and prev.items is None
-            and self._stored(conn, thread_id, ns, channel, prev.version)
-        ):
-            own = [(["b", channel, prev.version], prev.raw)]
-        z, data, refs = compress_against(raw, own)
-        return (typ, z, data, W_PLAIN, None, refs, None), None
+        return WriteEntry(idx, ch, self._names.id(conn, typ), W_PLAIN, raw)
 
     # -- read ----------------------------------------------------------------------
 
@@ -621,23 +940,30 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         ns = conf.get("checkpoint_ns", "") or ""
         checkpoint_id = get_checkpoint_id(config)
         with self._read() as conn:
+            t = self._threads.find(conn, thread_id, ns)
+            if t is None:
+                return None
             if checkpoint_id:
                 row = conn.execute(
-                    f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE thread_id = ? "
-                    "AND checkpoint_ns = ? AND checkpoint_id = ?",
-                    (thread_id, ns, checkpoint_id),
+                    f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE t = ? AND id = ?",
+                    (t, pack_id(str(checkpoint_id))),
                 ).fetchone()
             else:
                 row = conn.execute(
-                    f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE thread_id = ? "
-                    "AND checkpoint_ns = ? ORDER BY checkpoint_id DESC LIMIT 1",
-                    (thread_id, ns),
+                    f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE t = ? "
+                    "ORDER BY id DESC LIMIT 1",
+                    (t,),
                 ).fetchone()
             if row is None:
                 return None
-            reader = BlobReader(conn, self.serde, self._cache, thread_id, ns)
-            writes = self._writes(conn, reader, thread_id, ns, [row[2]])
-            return self._tuple(row, reader, writes.get(row[2], []))
+            reader = BlobReader(conn, self.serde, self._cache, self._names, t)
+            bodies = _Bodies(self, conn, t)
+            writes = self._writes(conn, reader, [row[1]])
+            tup = self._tuple(conn, (thread_id, ns), row, reader, bodies, writes.get(row[1], []))
+            if not checkpoint_id or t not in self._bodies:
+                # The head read at the start of a run is the parent of its next put.
+                self._remember_body(t, row[1], bodies.get(row[1]) or {}, row[9])
+            return tup
 
     def list(
         self,
@@ -661,78 +987,95 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None,
         limit: int | None,
     ) -> list[CheckpointTuple]:
-        wheres: list[str] = []
-        params: list[Any] = []
-        if config:
-            conf = config["configurable"]
-            wheres.append("thread_id = ?")
-            params.append(str(conf["thread_id"]))
-            if conf.get("checkpoint_ns") is not None:
-                wheres.append("checkpoint_ns = ?")
-                params.append(conf["checkpoint_ns"])
-            if checkpoint_id := get_checkpoint_id(config):
-                wheres.append("checkpoint_id = ?")
-                params.append(checkpoint_id)
-        if before is not None and (before_id := get_checkpoint_id(before)):
-            wheres.append("checkpoint_id < ?")
-            params.append(before_id)
-        python_filter: dict[str, Any] = {}
-        for key, value in (filter or {}).items():
-            if isinstance(value, str | int | float) and not isinstance(value, bool):
-                wheres.append("json_extract(metadata, ?) = ?")
-                params.extend([_json_path(key), value])
-            python_filter[key] = value  # also re-checked exactly below
-        where = f"WHERE {' AND '.join(wheres)}" if wheres else ""
-        sql = f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints {where} ORDER BY checkpoint_id DESC"
-        if limit is not None and not python_filter:
-            sql += f" LIMIT {int(limit)}"
         with self._read() as conn:
+            wheres: list[str] = []
+            params: list[Any] = []
+            if config:
+                conf = config["configurable"]
+                thread_id = str(conf["thread_id"])
+                ns_filter = conf.get("checkpoint_ns")
+                numbers = self._threads.of_thread(conn, thread_id)
+                if ns_filter is not None:
+                    numbers = {k: v for k, v in numbers.items() if k == ns_filter}
+                if not numbers:
+                    return []
+                wheres.append(f"t IN ({', '.join(str(int(n)) for n in numbers.values())})")
+                if checkpoint_id := get_checkpoint_id(config):
+                    wheres.append("id = ?")
+                    params.append(pack_id(str(checkpoint_id)))
+            if before is not None and (before_id := get_checkpoint_id(before)):
+                wheres.append("id < ?")
+                params.append(pack_id(str(before_id)))
+            for key, value in (filter or {}).items():
+                # Columns answer what they hold; anything else is checked in Python below.
+                if key == "source" and isinstance(value, str):
+                    found = self._names.find(conn, value)
+                    if found is None:
+                        return []
+                    wheres.append("source = ?")
+                    params.append(found)
+                elif key == "step" and type(value) is int:
+                    wheres.append("step = ?")
+                    params.append(value)
+                elif key == "run_id" and isinstance(value, str):
+                    wheres.append("run_id = ?")
+                    params.append(value)
+            where = f"WHERE {' AND '.join(wheres)}" if wheres else ""
+            sql = f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints {where} ORDER BY id DESC"
+            if limit is not None and not filter:
+                sql += f" LIMIT {int(limit)}"
             rows = []
             for row in conn.execute(sql, params):
-                if python_filter:
-                    md = json.loads(row[12])
-                    if not all(md.get(k) == v for k, v in python_filter.items()):
+                if filter:
+                    md = self._metadata(conn, row)
+                    if not all(md.get(k) == v for k, v in filter.items()):
                         continue
                 rows.append(row)
                 if limit is not None and len(rows) >= limit:
                     break
-            by_group: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
+            by_thread: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
             for row in rows:
-                by_group[(row[0], row[1])].append(row)
-            tuples: dict[tuple[str, str, str], CheckpointTuple] = {}
-            for (thread_id, ns), group in by_group.items():
-                reader = BlobReader(conn, self.serde, self._cache, thread_id, ns)
+                by_thread[row[0]].append(row)
+            tuples: dict[tuple[int, Any], CheckpointTuple] = {}
+            for t, group in by_thread.items():
+                key = self._threads.key(conn, t)
+                reader = BlobReader(conn, self.serde, self._cache, self._names, t)
+                bodies = _Bodies(self, conn, t)
                 if len(group) > 4:
-                    for channel in self._channels(conn, thread_id, ns):
-                        reader.prefetch(channel)
-                writes = self._writes(conn, reader, thread_id, ns, [r[2] for r in group])
+                    for ch in _channels(conn, t):
+                        reader.prefetch(ch)
+                writes = self._writes(conn, reader, [r[1] for r in group])
                 # Oldest first, so each version's delta finds its base decoded.
                 for row in reversed(group):
-                    tuples[(thread_id, ns, row[2])] = self._tuple(
-                        row, reader, writes.get(row[2], [])
+                    tuples[(t, row[1])] = self._tuple(
+                        conn, key, row, reader, bodies, writes.get(row[1], [])
                     )
-            return [tuples[(r[0], r[1], r[2])] for r in rows]
+            return [tuples[(r[0], r[1])] for r in rows]
 
-    @staticmethod
-    def _channels(conn: sqlite3.Connection, thread_id: str, ns: str) -> list[str]:
-        return [
-            r[0]
-            for r in conn.execute(
-                "SELECT DISTINCT channel FROM blobs WHERE thread_id = ? AND checkpoint_ns = ?",
-                (thread_id, ns),
-            )
-        ]
+    def _metadata(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
+        return unpack_metadata(row[4], row[5], row[6], row[7], lambda i: self._names.name(conn, i))
 
     def _tuple(
-        self, row: tuple[Any, ...], reader: BlobReader, writes: list[PendingWrite]
+        self,
+        conn: sqlite3.Connection,
+        key: tuple[str, str],
+        row: tuple[Any, ...],
+        reader: BlobReader,
+        bodies: _Bodies,
+        writes: list[PendingWrite],
     ) -> CheckpointTuple:
-        thread_id, ns, checkpoint_id, parent_id = row[0], row[1], row[2], row[3]
-        body = self.serde.loads_typed((row[9], decompress(row[10], row[11])))
+        thread_id, ns = key
+        cid, parent = row[1], row[2]
+        flat = bodies.decode(cid, parent, row[9], row[10])
+        body = unflatten(flat)
+        checkpoint_id = unpack_id(cid)
         checkpoint: Checkpoint = {
-            **body,
+            **body,  # type: ignore[typeddict-item]
             "id": checkpoint_id,
+            "ts": unpack_ts(row[3], cid),
             "channel_values": reader.values(body.get("channel_versions", {})),
         }
+        parent_id = unpack_id(parent) if parent is not None else None
         return CheckpointTuple(
             config={
                 "configurable": {
@@ -742,7 +1085,7 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
                 }
             },
             checkpoint=checkpoint,
-            metadata=json.loads(row[12]),
+            metadata=self._metadata(conn, row),  # type: ignore[arg-type]
             parent_config=(
                 {
                     "configurable": {
@@ -761,27 +1104,34 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         self,
         conn: sqlite3.Connection,
         reader: BlobReader,
-        thread_id: str,
-        ns: str,
-        checkpoint_ids: list[str],
-    ) -> dict[str, list[PendingWrite]]:
-        """Pending writes by checkpoint, each list in `writes_sort_key` order."""
-        out: dict[str, list[PendingWrite]] = {cid: [] for cid in checkpoint_ids}
-        if len(checkpoint_ids) == 1:
-            match, params = "checkpoint_id = ?", [checkpoint_ids[0]]
+        cids: list[Any],
+        channels: set[int] | None = None,
+    ) -> dict[Any, list[PendingWrite]]:
+        """Pending writes by checkpoint, each list in (task path, task id, index) order."""
+        out: dict[Any, list[tuple[tuple[str, str, int], PendingWrite]]] = {c: [] for c in cids}
+        if len(cids) == 1:
+            match, params = "cid = ?", [cids[0]]
         else:
-            match, params = (
-                "checkpoint_id IN (SELECT value FROM json_each(?))",
-                [json.dumps(checkpoint_ids)],
-            )
-        for cid, task_id, channel, kind, *stored in conn.execute(
-            f"SELECT checkpoint_id, task_id, channel, {_WRITE_VALUE_COLUMNS} FROM writes "
-            f"WHERE thread_id = ? AND checkpoint_ns = ? AND {match} "
-            "ORDER BY checkpoint_id, task_path, task_id, idx",
-            [thread_id, ns, *params],
+            match, params = f"cid IN ({', '.join('?' * len(cids))})", list(cids)
+            if len(cids) > 500:
+                match, params = "1", []
+        for cid, task, path, z, data, src_ch, src_ver in conn.execute(
+            f"SELECT cid, task, path, z, data, src_ch, src_ver FROM writes WHERE t = ? AND {match}",
+            [reader.t, *params],
         ):
-            out[cid].append((task_id, channel, reader.write_value(channel, kind, *stored)))
-        return out
+            src = source_of(src_ch, src_ver)
+            if cid not in out:
+                continue
+            task_id = unpack_id(task)
+            path_name = self._names.name(conn, path)
+            for entry in reader.writes(z, data, src):
+                if channels is not None and entry.ch not in channels:
+                    continue
+                channel = self._names.name(conn, entry.ch)
+                out[cid].append(
+                    ((path_name, task_id, entry.idx), (task_id, channel, reader.write_value(entry)))
+                )
+        return {c: [w for _, w in sorted(ws, key=operator.itemgetter(0))] for c, ws in out.items()}
 
     def list_versions(
         self,
@@ -798,56 +1148,71 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         differs from their parent's: the context versions. `before` is a checkpoint
         id (exclusive); `limit` caps the rows returned.
         """
-        cols = ", ".join(f"b.{c}" for c in SUMMARY_COLUMNS)
-        sql = (
-            "SELECT c.checkpoint_id, c.parent_checkpoint_id, c.step, c.source, c.ts, "
-            f"c.metadata, c.summary_version, {cols} FROM checkpoints c LEFT JOIN blobs b "
-            "ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns "
-            "AND b.channel = ? AND b.version = c.summary_version "
-            "WHERE c.thread_id = ? AND c.checkpoint_ns = ?"
-        )
-        params: list[Any] = [self.summary_channel, thread_id, checkpoint_ns]
-        if before is not None:
-            sql += " AND c.checkpoint_id < ?"
-            params.append(before)
-        sql += " ORDER BY c.checkpoint_id DESC"
-        if limit is not None and not changed_only:
-            sql += f" LIMIT {int(limit)}"
         with self._read() as conn:
-            rows = conn.execute(sql, params).fetchall()
+            t = self._threads.find(conn, str(thread_id), checkpoint_ns)
+            if t is None:
+                return []
+            summary_ch = self._names.find(conn, self.summary_channel) or -1
+            sql = (
+                "SELECT c.id, c.parent, c.ts, c.step, c.source, c.run_id, c.meta, c.frame, "
+                "b.summary, b.src_ch, b.src_ver FROM checkpoints c LEFT JOIN blobs b "
+                "ON b.t = c.t AND b.ch = ? AND b.ver = c.frame "
+            )
+            params: list[Any] = [summary_ch]
             if changed_only:
-                parents = dict(
-                    conn.execute(
-                        "SELECT checkpoint_id, summary_version FROM checkpoints "
-                        "WHERE thread_id = ? AND checkpoint_ns = ?",
-                        (thread_id, checkpoint_ns),
-                    ).fetchall()
-                )
+                sql += "LEFT JOIN checkpoints p ON p.t = c.t AND p.id = c.parent "
+            sql += "WHERE c.t = ?"
+            params.append(t)
+            if changed_only:
+                sql += " AND c.frame IS NOT NULL AND p.frame IS NOT c.frame"
+            if before is not None:
+                sql += " AND c.id < ?"
+                params.append(pack_id(str(before)))
+            sql += " ORDER BY c.id DESC"
+            if limit is not None:
+                sql += f" LIMIT {int(limit)}"
+            rows = conn.execute(sql, params).fetchall()
+            # Summaries oldest first: an elided one finds its source's resolved, mostly.
+            resolved: dict[Any, tuple[Any, ...]] = {}
+            fallback: _Summaries | None = None
+            for r in reversed(rows):
+                frame, fields = r[7], unpack_summary(r[8])
+                if frame in resolved:
+                    continue
+                if elided(fields):
+                    base = resolved.get(r[10]) if r[9] == summary_ch else None
+                    if base is None:
+                        fallback = fallback or _Summaries(conn, t, summary_ch)
+                        base = fallback.get(r[10])
+                    fields = resolve_summary(fields, base)
+                resolved[frame] = fields
+            names = {}
+            for r in rows:
+                if r[4] is not None and r[4] not in names:
+                    names[r[4]] = self._names.name(conn, r[4])
+        name = names.__getitem__
         out: list[VersionRow] = []
-        for r in rows:
-            if changed_only and (r[6] is None or (r[1] is not None and parents.get(r[1]) == r[6])):
-                continue
+        for cid, parent, ts, step, source, run_id, meta, frame, *_ in rows:
+            op, reason, template, turn, window, history, count, exact = resolved[frame]
             out.append(
                 VersionRow(
-                    checkpoint_id=r[0],
-                    parent_id=r[1],
-                    step=r[2],
-                    source=r[3],
-                    ts=r[4],
-                    metadata=json.loads(r[5]),
-                    summary_version=r[6],
-                    op=r[7],
-                    reason=r[8],
-                    template=r[9],
-                    turn=r[10],
-                    window_tokens=r[11],
-                    history_tokens=r[12],
-                    history_messages=r[13],
-                    tokens_exact=None if r[14] is None else bool(r[14]),
+                    unpack_id(cid),
+                    None if parent is None else unpack_id(parent),
+                    step,
+                    None if source is None else names[source],
+                    unpack_ts(ts, cid),
+                    unpack_metadata(step, source, run_id, meta, name),
+                    None if frame is None else unpack_version(frame),
+                    op,
+                    reason,
+                    template,
+                    turn,
+                    window,
+                    history,
+                    count,
+                    None if exact is None else bool(exact),
                 )
             )
-            if limit is not None and len(out) >= limit:
-                break
         return out
 
     def get_delta_channel_history(
@@ -867,47 +1232,44 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
         seeds: dict[str, Any] = {}
         with self._read() as conn:
+            t = self._threads.find(conn, thread_id, ns)
             target = get_checkpoint_id(config)
-            if target:
+            found = None
+            if t is not None and target:
                 found = conn.execute(
-                    "SELECT parent_checkpoint_id FROM checkpoints WHERE thread_id = ? "
-                    "AND checkpoint_ns = ? AND checkpoint_id = ?",
-                    (thread_id, ns, target),
+                    "SELECT parent FROM checkpoints WHERE t = ? AND id = ?",
+                    (t, pack_id(str(target))),
                 ).fetchone()
-            else:
+            elif t is not None:
                 found = conn.execute(
-                    "SELECT parent_checkpoint_id FROM checkpoints WHERE thread_id = ? "
-                    "AND checkpoint_ns = ? ORDER BY checkpoint_id DESC LIMIT 1",
-                    (thread_id, ns),
+                    "SELECT parent FROM checkpoints WHERE t = ? ORDER BY id DESC LIMIT 1", (t,)
                 ).fetchone()
             cursor = found[0] if found else None
             remaining = set(channels)
-            reader = BlobReader(conn, self.serde, self._cache, thread_id, ns)
-            marks = ",".join("?" * len(channels))
-            while cursor is not None and remaining:
+            if t is not None:
+                reader = BlobReader(conn, self.serde, self._cache, self._names, t)
+                bodies = _Bodies(self, conn, t)
+                ids = {c: self._names.find(conn, c) for c in channels}
+                wanted = {i for i in ids.values() if i is not None}
+            while t is not None and cursor is not None and remaining:
                 row = conn.execute(
-                    "SELECT parent_checkpoint_id, type, z, body FROM checkpoints "
-                    "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
-                    (thread_id, ns, cursor),
+                    "SELECT parent, depth, body FROM checkpoints WHERE t = ? AND id = ?",
+                    (t, cursor),
                 ).fetchone()
                 if row is None:
                     break
-                body = self.serde.loads_typed((row[1], decompress(row[2], row[3])))
-                versions = body.get("channel_versions", {})
+                versions = unflatten(bodies.decode(cursor, row[0], row[1], row[2])).get(
+                    "channel_versions", {}
+                )
                 step_writes: dict[str, list[PendingWrite]] = defaultdict(list)
-                for task_id, channel, *stored in conn.execute(
-                    f"SELECT task_id, channel, {_WRITE_VALUE_COLUMNS} FROM writes "
-                    "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ? "
-                    f"AND channel IN ({marks}) ORDER BY task_path, task_id, idx",
-                    (thread_id, ns, cursor, *channels),
-                ):
-                    if channel in remaining:
-                        value = reader.write_value(channel, *stored)
-                        step_writes[channel].append((task_id, channel, value))
+                for write in self._writes(conn, reader, [cursor], wanted).get(cursor, []):
+                    if write[1] in remaining:
+                        step_writes[write[1]].append(write)
                 for channel in list(remaining):
                     collected[channel].extend(reversed(step_writes.get(channel, [])))
-                    if channel in versions:
-                        has, value = reader.value(channel, str(versions[channel]))
+                    ch = ids[channel]
+                    if channel in versions and ch is not None:
+                        has, value = reader.value(ch, pack_version(versions[channel]))
                         if has:
                             seeds[channel] = value
                             remaining.discard(channel)
@@ -924,11 +1286,12 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, value and write of a thread (all namespaces)."""
-        thread_id = str(thread_id)
         with self._write() as conn:
-            for table in ("checkpoints", "blobs", "writes"):
-                conn.execute(f"DELETE FROM {table} WHERE thread_id = ?", (thread_id,))
-            self._forget(thread_id)
+            for t in self._threads.of_thread(conn, str(thread_id)).values():
+                for table in ("checkpoints", "blobs", "writes", "threads"):
+                    conn.execute(f"DELETE FROM {table} WHERE t = ?", (t,))
+                self._forget(t)
+            self._threads.clear()
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (and their writes) that the given runs created.
@@ -942,15 +1305,14 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         if not run_ids:
             return
         with self._write() as conn:
-            doomed: dict[tuple[str, str], set[str]] = defaultdict(set)
-            for thread_id, ns, cid in conn.execute(
-                "SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints "
-                "WHERE run_id IN (SELECT value FROM json_each(?))",
+            doomed: dict[int, set[Any]] = defaultdict(set)
+            for t, cid in conn.execute(
+                "SELECT t, id FROM checkpoints WHERE run_id IN (SELECT value FROM json_each(?))",
                 (json.dumps(run_ids),),
             ):
-                doomed[(thread_id, ns)].add(cid)
-            for (thread_id, ns), ids in doomed.items():
-                self._delete_checkpoints(conn, thread_id, ns, ids, relink=True)
+                doomed[t].add(cid)
+            for t, ids in doomed.items():
+                self._delete_checkpoints(conn, t, ids, relink=True)
 
     def delete_checkpoints(
         self, thread_id: str, checkpoint_ids: Sequence[str], checkpoint_ns: str = ""
@@ -962,35 +1324,64 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         readable.
         """
         with self._write() as conn:
-            self._delete_checkpoints(
-                conn, str(thread_id), checkpoint_ns, {str(i) for i in checkpoint_ids}, relink=False
-            )
+            t = self._threads.find(conn, str(thread_id), checkpoint_ns)
+            if t is not None:
+                ids = {pack_id(str(i)) for i in checkpoint_ids}
+                self._delete_checkpoints(conn, t, ids, relink=False)
 
     def list_threads(self) -> list[dict[str, str]]:
         """Every thread with root checkpoints: `thread_id` and `updated_at` (newest ts)."""
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT thread_id, max(ts) FROM checkpoints WHERE checkpoint_ns = '' "
-                "GROUP BY thread_id ORDER BY thread_id"
+                "SELECT h.thread_id, c.id, c.ts FROM checkpoints c JOIN threads h "
+                "ON h.t = c.t WHERE h.checkpoint_ns = ''"
             ).fetchall()
-        return [{"thread_id": t, "updated_at": ts} for t, ts in rows]
+        latest: dict[str, str] = {}
+        for thread_id, cid, ts in rows:
+            text = unpack_ts(ts, cid)
+            if text > latest.get(thread_id, ""):
+                latest[thread_id] = text
+        return [{"thread_id": t, "updated_at": latest[t]} for t in sorted(latest)]
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        """Copy every checkpoint, value and write of a thread to another thread id."""
+        """Copy every checkpoint, value and write of a thread to another thread id.
+
+        What the target thread held before is replaced (a copy merged into rows that
+        other rows are stored against would break them).
+        """
         src, dst = str(source_thread_id), str(target_thread_id)
+        if src == dst:
+            return
         with self._write() as conn:
-            for table, columns in (
-                ("checkpoints", _CHECKPOINT_COLUMNS),
-                ("blobs", BLOB_COLUMNS),
-                ("writes", _WRITE_COLUMNS),
-            ):
-                rest = columns.split(", ", 1)[1]
-                conn.execute(
-                    f"INSERT OR REPLACE INTO {table} ({columns}) "
-                    f"SELECT ?, {rest} FROM {table} WHERE thread_id = ?",
-                    (dst, src),
+            for t_old in self._threads.of_thread(conn, dst).values():
+                for table in ("checkpoints", "blobs", "writes"):
+                    conn.execute(f"DELETE FROM {table} WHERE t = ?", (t_old,))
+                self._forget(t_old)
+            for ns, t_src in self._threads.of_thread(conn, src).items():
+                t_dst = self._threads.get(conn, dst, ns)
+                for table, columns in (
+                    ("checkpoints", _CHECKPOINT_COLUMNS),
+                    ("blobs", BLOB_COLUMNS),
+                    ("writes", _WRITE_COLUMNS),
+                ):
+                    rest = columns.split(", ", 1)[1]
+                    # A spilled payload belongs to one row: those copies get their own.
+                    only = " AND typeof(data) != 'integer'" if table == "blobs" else ""
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO {table} ({columns}) "
+                        f"SELECT ?, {rest} FROM {table} WHERE t = ?{only}",
+                        (t_dst, t_src),
+                    )
+                spilled_rows = conn.execute(
+                    f"SELECT {BLOB_COLUMNS.replace('data', spilled(), 1)} FROM blobs "
+                    "WHERE t = ? AND typeof(data) = 'integer'",
+                    (t_src,),
+                ).fetchall()
+                conn.executemany(
+                    _BLOB_INSERT,
+                    [(t_dst, *r[1:7], store_data(conn, r[7]), *r[8:]) for r in spilled_rows],
                 )
-            self._forget(dst)
+                self._forget(t_dst)
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Prune threads: `"keep_latest"` keeps each namespace's latest checkpoint.
@@ -1015,110 +1406,67 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             return
         for thread_id in ids:
             with self._write() as conn:
-                namespaces = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT DISTINCT checkpoint_ns FROM checkpoints WHERE thread_id = ?",
-                        (thread_id,),
-                    )
-                ]
-                for ns in namespaces:
-                    keep = self._keep_latest_set(conn, thread_id, ns)
+                for t in self._threads.of_thread(conn, thread_id).values():
+                    keep = self._keep_latest_set(conn, t)
                     doomed = {
-                        r[0]
-                        for r in conn.execute(
-                            "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? "
-                            "AND checkpoint_ns = ?",
-                            (thread_id, ns),
-                        )
+                        r[0] for r in conn.execute("SELECT id FROM checkpoints WHERE t = ?", (t,))
                     } - keep
-                    self._delete_checkpoints(conn, thread_id, ns, doomed, relink=False)
+                    self._delete_checkpoints(conn, t, doomed, relink=False)
 
-    def _keep_latest_set(self, conn: sqlite3.Connection, thread_id: str, ns: str) -> set[str]:
+    def _keep_latest_set(self, conn: sqlite3.Connection, t: int) -> set[Any]:
         """The latest checkpoint, plus the ancestors its delta channels replay from."""
         head = conn.execute(
-            "SELECT checkpoint_id, metadata FROM checkpoints WHERE thread_id = ? "
-            "AND checkpoint_ns = ? ORDER BY checkpoint_id DESC LIMIT 1",
-            (thread_id, ns),
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE t = ? ORDER BY id DESC LIMIT 1",
+            (t,),
         ).fetchone()
         if head is None:
             return set()
-        keep = {head[0]}
-        counters = json.loads(head[1]).get("counters_since_delta_snapshot") or {}
+        keep = {head[1]}
+        counters = self._metadata(conn, head).get("counters_since_delta_snapshot") or {}
         needed = {ch for ch, c in counters.items() if c and int(c[0] if c else 0) > 0}
-        cursor = head[0]
+        bodies = _Bodies(self, conn, t)
+        cursor = head[2]
         while needed and cursor is not None:
             row = conn.execute(
-                "SELECT parent_checkpoint_id FROM checkpoints WHERE thread_id = ? "
-                "AND checkpoint_ns = ? AND checkpoint_id = ?",
-                (thread_id, ns, cursor),
+                "SELECT parent FROM checkpoints WHERE t = ? AND id = ?", (t, cursor)
             ).fetchone()
-            cursor = row[0] if row else None
-            if cursor is None:
+            if row is None:
                 break
             keep.add(cursor)
-            versions = self._versions_of(conn, thread_id, ns, cursor)
-            for ch in list(needed):
-                kind = (
-                    _blob_kind(conn, thread_id, ns, ch, str(versions[ch]))
-                    if ch in versions
-                    else None
-                )
-                if kind is not None and kind != EMPTY:
-                    needed.discard(ch)
+            flat = bodies.get(cursor) or {}
+            for channel in list(needed):
+                version = flat.get(("channel_versions", channel))
+                ch = self._names.find(conn, channel)
+                if (
+                    version is not None
+                    and ch is not None
+                    and _blob_exists(conn, t, ch, pack_version(version))
+                ):
+                    needed.discard(channel)
+            cursor = row[0]
         return keep
-
-    def _versions_of(
-        self, conn: sqlite3.Connection, thread_id: str, ns: str, checkpoint_id: str
-    ) -> dict[str, Any]:
-        row = conn.execute(
-            "SELECT type, z, body FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? "
-            "AND checkpoint_id = ?",
-            (thread_id, ns, checkpoint_id),
-        ).fetchone()
-        if row is None:
-            return {}
-        return self.serde.loads_typed((row[0], decompress(row[1], row[2]))).get(
-            "channel_versions", {}
-        )
 
     def _delete_checkpoints(
         self,
         conn: sqlite3.Connection,
-        thread_id: str,
-        ns: str,
-        doomed: set[str],
+        t: int,
+        doomed: set[Any],
         *,
         relink: bool,
     ) -> None:
         """Delete checkpoints and their writes, fix parent links, then collect garbage."""
+        parents = dict(conn.execute("SELECT id, parent FROM checkpoints WHERE t = ?", (t,)))
+        doomed = doomed & parents.keys()
         if not doomed:
             return
-        parents = dict(
-            conn.execute(
-                "SELECT checkpoint_id, parent_checkpoint_id FROM checkpoints "
-                "WHERE thread_id = ? AND checkpoint_ns = ?",
-                (thread_id, ns),
-            ).fetchall()
-        )
-        ids = json.dumps(sorted(doomed))
-        garbage = self._garbage_blobs(conn, thread_id, ns, ids)
+        # Bodies stored as deltas against what goes become full ones first.
+        self._materialize_children(conn, t, doomed)
+        garbage = self._garbage_blobs(conn, t, doomed)
         # Payloads compressed against what goes are re-compressed on their own first.
-        gone: set[tuple[Any, ...]] = {("b", ch, ver) for _, _, ch, ver in garbage}
-        gone.update(
-            ("w", *r)
-            for r in conn.execute(
-                "SELECT checkpoint_id, task_id, idx FROM writes WHERE thread_id = ? AND "
-                "checkpoint_ns = ? AND checkpoint_id IN (SELECT value FROM json_each(?))",
-                (thread_id, ns, ids),
-            )
-        )
-        self._detach(conn, thread_id, ns, gone)
-        for table in ("writes", "checkpoints"):
-            conn.execute(
-                f"DELETE FROM {table} WHERE thread_id = ? AND checkpoint_ns = ? "
-                "AND checkpoint_id IN (SELECT value FROM json_each(?))",
-                (thread_id, ns, ids),
+        self._detach(conn, t, set(garbage))
+        for table, column in (("writes", "cid"), ("checkpoints", "id")):
+            conn.executemany(
+                f"DELETE FROM {table} WHERE t = ? AND {column} = ?", [(t, c) for c in doomed]
             )
         updates = []
         for cid, parent in parents.items():
@@ -1127,22 +1475,15 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
             new_parent = parent
             while relink and new_parent is not None and new_parent in doomed:
                 new_parent = parents.get(new_parent)
-            updates.append((new_parent if relink else None, thread_id, ns, cid))
+            updates.append((new_parent if relink else None, t, cid))
+        conn.executemany("UPDATE checkpoints SET parent = ? WHERE t = ? AND id = ?", updates)
         conn.executemany(
-            "UPDATE checkpoints SET parent_checkpoint_id = ? WHERE thread_id = ? "
-            "AND checkpoint_ns = ? AND checkpoint_id = ?",
-            updates,
+            "DELETE FROM blobs WHERE t = ? AND ch = ? AND ver = ?",
+            [(t, ch, ver) for ch, ver in garbage],
         )
-        conn.executemany(
-            "DELETE FROM blobs WHERE thread_id = ? AND checkpoint_ns = ? AND channel = ? "
-            "AND version = ?",
-            garbage,
-        )
-        self._forget(thread_id)
+        self._forget(t)
 
-    def _detach(
-        self, conn: sqlite3.Connection, thread_id: str, ns: str, doomed: set[tuple[Any, ...]]
-    ) -> None:
+    def _detach(self, conn: sqlite3.Connection, t: int, doomed: set[tuple[int, Any]]) -> None:
         """Re-compress on their own the payloads compressed against `doomed` sources.
 
         Called before those sources are deleted or change their stored bytes, so each
@@ -1150,85 +1491,81 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         """
         if not doomed:
             return
-        reader = BlobReader(conn, self.serde, BlobCache(0), thread_id, ns)
+        reader = BlobReader(conn, self.serde, BlobCache(0), self._names, t)
         blob_updates = []
-        for channel, version, z, data, refs in conn.execute(
-            "SELECT channel, version, z, data, dict_refs FROM blobs WHERE thread_id = ? "
-            "AND checkpoint_ns = ? AND dict_refs IS NOT NULL",
-            (thread_id, ns),
+        summaries: dict[int, _Summaries] = {}
+        for ch, ver, z, data, src_ch, src_ver, summary in conn.execute(
+            f"SELECT ch, ver, z, {spilled()}, src_ch, src_ver, summary FROM blobs "
+            "WHERE t = ? AND src_ch IS NOT NULL",
+            (t,),
         ).fetchall():
-            if ("b", channel, version) in doomed or not _refs_hit(refs, doomed):
+            if (src_ch, src_ver) not in doomed or (ch, ver) in doomed:
                 continue
-            blob_updates.append(
-                (*compress(reader.write_raw(z, data, refs)), thread_id, ns, channel, version)
-            )
+            z2, data2 = compress(reader.payload(z, data, (src_ch, src_ver)))
+            if summary is not None and elided(unpack_summary(summary)):
+                # Its summary repeated its source's texts: they are written out now.
+                resolved = summaries.setdefault(ch, _Summaries(conn, t, ch)).get(ver)
+                summary = pack_summary(resolved)
+            blob_updates.append((z2, store_data(conn, data2), summary, t, ch, ver))
         write_updates = []
-        for cid, task_id, idx, z, data, refs in conn.execute(
-            "SELECT checkpoint_id, task_id, idx, z, value, dict_refs FROM writes "
-            "WHERE thread_id = ? AND checkpoint_ns = ? AND dict_refs IS NOT NULL",
-            (thread_id, ns),
-        ).fetchall():
-            if ("w", cid, task_id, idx) in doomed or not _refs_hit(refs, doomed):
+        for cid, task, z, data, src in _write_payloads(conn, t, "src_ch IS NOT NULL"):
+            if src not in doomed:
                 continue
-            write_updates.append(
-                (*compress(reader.write_raw(z, data, refs)), thread_id, ns, cid, task_id, idx)
-            )
+            write_updates.append((*compress(reader.payload(z, data, src)), t, cid, task))
         conn.executemany(
-            "UPDATE blobs SET z = ?, data = ?, dict_refs = NULL WHERE thread_id = ? "
-            "AND checkpoint_ns = ? AND channel = ? AND version = ?",
+            "UPDATE blobs SET z = ?, data = ?, summary = ?, src_ch = NULL, src_ver = NULL, "
+            "depth = NULL WHERE t = ? AND ch = ? AND ver = ?",
             blob_updates,
         )
         conn.executemany(
-            "UPDATE writes SET z = ?, value = ?, dict_refs = NULL WHERE thread_id = ? "
-            "AND checkpoint_ns = ? AND checkpoint_id = ? AND task_id = ? AND idx = ?",
+            "UPDATE writes SET z = ?, data = ?, src_ch = NULL, src_ver = NULL, depth = NULL "
+            "WHERE t = ? AND cid = ? AND task = ?",
             write_updates,
         )
-        self._recent.pop((thread_id, ns), None)
+        self._recent.pop(t, None)
+        self._task_rows.pop(t, None)
+        if blob_updates:
+            self._cache.drop_thread(t)  # cached rows' sources changed
 
     def _garbage_blobs(
-        self, conn: sqlite3.Connection, thread_id: str, ns: str, doomed_ids: str
-    ) -> list[tuple[str, str, str, str]]:
-        """The values nothing will refer to once the `doomed_ids` checkpoints are gone.
+        self, conn: sqlite3.Connection, t: int, doomed: set[Any]
+    ) -> list[tuple[int, Any]]:
+        """The values nothing will refer to once the `doomed` checkpoints are gone.
 
         Kept: every value a surviving checkpoint or pending write refers to, and the
-        delta bases behind them.
+        append bases behind them.
         """
-        live: set[tuple[str, str]] = set()
-        for typ, z, body in conn.execute(
-            "SELECT type, z, body FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? "
-            "AND checkpoint_id NOT IN (SELECT value FROM json_each(?))",
-            (thread_id, ns, doomed_ids),
-        ):
-            versions = self.serde.loads_typed((typ, decompress(z, body))).get(
-                "channel_versions", {}
-            )
-            live.update((ch, str(v)) for ch, v in versions.items())
+        live: set[tuple[int, Any]] = set()
+        bodies = _Bodies(self, conn, t)
+        channel_ids: dict[str, int | None] = {}
+        for (cid,) in conn.execute("SELECT id FROM checkpoints WHERE t = ?", (t,)).fetchall():
+            if cid in doomed:
+                continue
+            for path, version in (bodies.get(cid) or {}).items():
+                if len(path) != 2 or path[0] != "channel_versions":
+                    continue
+                if path[1] not in channel_ids:
+                    channel_ids[path[1]] = self._names.find(conn, path[1])
+                ch = channel_ids[path[1]]
+                if ch is not None:
+                    live.add((ch, pack_version(version)))
         # Pending writes stored against a value keep it (and its bases) alive.
-        live.update(
-            conn.execute(
-                "SELECT channel, base_version FROM writes WHERE thread_id = ? "
-                "AND checkpoint_ns = ? AND base_version IS NOT NULL "
-                "AND checkpoint_id NOT IN (SELECT value FROM json_each(?))",
-                (thread_id, ns, doomed_ids),
-            ).fetchall()
-        )
-        bases = {
+        for cid, _, bases in self._write_bases(conn, t):
+            if cid not in doomed:
+                live.update(bases)
+        links = {
             (ch, ver): base
-            for ch, ver, base in conn.execute(
-                "SELECT channel, version, base FROM blobs WHERE thread_id = ? "
-                "AND checkpoint_ns = ?",
-                (thread_id, ns),
-            )
+            for ch, ver, base in conn.execute("SELECT ch, ver, base FROM blobs WHERE t = ?", (t,))
         }
-        keep: set[tuple[str, str]] = set()
+        keep: set[tuple[int, Any]] = set()
         for key in live:
-            while key in bases and key not in keep:
+            while key in links and key not in keep:
                 keep.add(key)
-                base = bases[key]
+                base = links[key]
                 if base is None:
                     break
                 key = (key[0], base)
-        return [(thread_id, ns, ch, ver) for ch, ver in bases if (ch, ver) not in keep]
+        return [key for key in links if key not in keep]
 
     # -- async -----------------------------------------------------------------------
 
@@ -1305,49 +1642,169 @@ class LlmctxSaver(BaseCheckpointSaver[str]):
         )
 
 
-def _blob_exists(
-    conn: sqlite3.Connection, thread_id: str, ns: str, channel: str, version: str
-) -> bool:
-    return _blob_kind(conn, thread_id, ns, channel, version) is not None
+class _Summaries:
+    """The version summaries of one channel of a thread, with elided texts resolved
+    along each row's source (see `_checkpoint_codec.pack_summary`)."""
+
+    def __init__(self, conn: sqlite3.Connection, t: int, ch: int) -> None:
+        self._ch = ch
+        self._rows = {
+            ver: (src_ch, src_ver, summary)
+            for ver, src_ch, src_ver, summary in conn.execute(
+                "SELECT ver, src_ch, src_ver, summary FROM blobs "
+                "WHERE t = ? AND ch = ? AND summary IS NOT NULL",
+                (t, ch),
+            )
+        }
+        self._done: dict[Any, tuple[Any, ...]] = {}
+
+    def get(self, ver: Any) -> tuple[Any, ...]:
+        chain = []
+        cursor = ver
+        while cursor not in self._done and cursor in self._rows:
+            src_ch, src_ver, data = self._rows[cursor]
+            fields = unpack_summary(data)
+            chain.append((cursor, fields))
+            if not elided(fields) or src_ch != self._ch:
+                break
+            cursor = src_ver
+        base = self._done.get(cursor, (None,) * 8)
+        for key, fields in reversed(chain):
+            base = self._done[key] = resolve_summary(fields, base) if elided(fields) else fields
+        return self._done.get(ver, unpack_summary(None))
 
 
-def _blob_kind(
-    conn: sqlite3.Connection, thread_id: str, ns: str, channel: str, version: str
-) -> int | None:
-    row = conn.execute(
-        "SELECT kind FROM blobs WHERE thread_id = ? AND checkpoint_ns = ? AND channel = ? "
-        "AND version = ?",
-        (thread_id, ns, channel, version),
-    ).fetchone()
-    return None if row is None else int(row[0])
+class _Bodies:
+    """Decodes the flat bodies of one thread's checkpoints, each delta once."""
+
+    def __init__(self, saver: LlmctxSaver, conn: sqlite3.Connection, t: int) -> None:
+        self._saver = saver
+        self._conn = conn
+        self._t = t
+        self._flats: dict[Any, Flat] = {}
+        self._depths: dict[Any, int] = {}
+        cached = saver._bodies.get(t)
+        if cached is not None:
+            self._flats[cached[0]] = cached[1]
+            self._depths[cached[0]] = cached[2]
+
+    def _name(self, name_id: int) -> str:
+        return self._saver._names.name(self._conn, name_id)
+
+    def depth(self, cid: Any) -> int:
+        return self._depths[cid]
+
+    def decode(self, cid: Any, parent: Any, depth: int, body: bytes) -> Flat:
+        """The flat body of a row whose columns are at hand."""
+        found = self._flats.get(cid)
+        if found is not None:
+            return found
+        base = None
+        if depth > 0:
+            base = self.get(parent)
+            if base is None:
+                raise LookupError(
+                    f"checkpoint store is missing checkpoint {unpack_id(parent)!r} that the "
+                    f"body of {unpack_id(cid)!r} is a delta against (thread number {self._t})"
+                )
+        flat = decode_body(body, base, self._name, self._saver.serde)
+        self._flats[cid] = flat
+        self._depths[cid] = depth
+        return flat
+
+    def get(self, cid: Any) -> Flat | None:
+        """The flat body of a stored checkpoint, or `None` if there is no such row."""
+        found = self._flats.get(cid)
+        if found is not None:
+            return found
+        chain = self._conn.execute(_BODY_CHAIN_SQL, (self._t, cid)).fetchall()
+        if not chain:
+            return None
+        oldest = chain[-1]
+        if oldest[2] > 0 and oldest[1] not in self._flats:
+            raise LookupError(
+                f"checkpoint store is missing checkpoint {unpack_id(oldest[1])!r} that the "
+                f"body of {unpack_id(oldest[0])!r} is a delta against (thread number {self._t})"
+            )
+        for row_id, parent, depth, body in reversed(chain):
+            self.decode(row_id, parent, depth, body)
+        return self._flats[cid]
+
+
+_NOT_BODY = frozenset({"channel_values", "id", "ts"})
+
+
+def _write_order(entry: WriteEntry) -> int:
+    return entry.idx
+
+
+def _against_stored(
+    entries: list[WriteEntry], stored: Mapping[int, tuple[Any, int, bytes, int]]
+) -> tuple[list[WriteEntry], list[Candidate]]:
+    """`entries` with every write whose payload is exactly a stored row's (channel ->
+    (version, type id, payload, depth)) turned into a `W_BLOB` reference, and the
+    stored rows of the channels left as compression candidates."""
+    out: list[WriteEntry] = []
+    sources: list[Candidate] = []
+    for e in entries:
+        hit = stored.get(e.ch)
+        if e.kind == W_PLAIN and hit is not None:
+            if (hit[1], hit[2]) == (e.typ, e.payload):
+                e = WriteEntry(e.idx, e.ch, 0, W_BLOB, b"", hit[0])
+            else:
+                sources.append(Candidate((e.ch, hit[0]), hit[2], hit[3]))
+        out.append(e)
+    return out, sources
+
+
+def _is_ref(entry: WriteEntry) -> bool:
+    return entry.kind in (W_PREFIX, W_BLOB)
+
+
+def _refs(entries: Sequence[WriteEntry]) -> int | None:
+    """The `refs` column: 1 when some write is stored against a `blobs` row."""
+    return 1 if any(_is_ref(e) for e in entries) else None
+
+
+def _channels(conn: sqlite3.Connection, t: int) -> list[int]:
+    return [r[0] for r in conn.execute("SELECT DISTINCT ch FROM blobs WHERE t = ?", (t,))]
+
+
+def _blob_exists(conn: sqlite3.Connection, t: int, ch: int, version: Any) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM blobs WHERE t = ? AND ch = ? AND ver = ?", (t, ch, version)
+        ).fetchone()
+        is not None
+    )
 
 
 def _existing_versions(
-    conn: sqlite3.Connection, thread_id: str, ns: str, keys: list[tuple[str, str]]
-) -> set[tuple[str, str]]:
+    conn: sqlite3.Connection, t: int, keys: list[tuple[int, Any]]
+) -> set[tuple[int, Any]]:
     """Which of these (channel, version) rows already exist, in one query."""
     if not keys:
         return set()
     # A UNION of primary-key lookups: SQLite would scan for a row-value IN list.
-    one = "SELECT channel, version FROM blobs WHERE thread_id = ?1 AND checkpoint_ns = ?2 "
+    one = "SELECT ch, ver FROM blobs WHERE t = ?1 "
     sql = " UNION ALL ".join(
-        f"{one}AND channel = ?{3 + 2 * i} AND version = ?{4 + 2 * i}" for i in range(len(keys))
+        f"{one}AND ch = ?{2 + 2 * i} AND ver = ?{3 + 2 * i}" for i in range(len(keys))
     )
-    rows = conn.execute(sql, (thread_id, ns, *(x for key in keys for x in key)))
+    rows = conn.execute(sql, (t, *(x for key in keys for x in key)))
     return {(r[0], r[1]) for r in rows}
 
 
-def _source_exists(conn: sqlite3.Connection, thread_id: str, ns: str, ref: list[Any]) -> bool:
-    if ref[0] == "b":
-        return _blob_exists(conn, thread_id, ns, ref[1], ref[2])
-    return (
-        conn.execute(
-            "SELECT 1 FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ? "
-            "AND task_id = ? AND idx = ?",
-            (thread_id, ns, *ref[1:]),
-        ).fetchone()
-        is not None
-    )
+def _write_payloads(
+    conn: sqlite3.Connection, t: int, where: str, *params: Any
+) -> list[tuple[Any, Any, int, bytes, tuple[int, Any] | None]]:
+    """`(cid, task, z, data, source)` of the thread's `writes` rows matching `where`."""
+    return [
+        (cid, task, z, data, source_of(src_ch, src_ver))
+        for cid, task, z, data, src_ch, src_ver in conn.execute(
+            f"SELECT cid, task, z, data, src_ch, src_ver FROM writes WHERE t = ? AND {where}",
+            (t, *params),
+        ).fetchall()
+    ]
 
 
 def _shared_prefix(old: list[Any], new: list[Any]) -> int:
@@ -1360,19 +1817,6 @@ def _shared_prefix(old: list[Any], new: list[Any]) -> int:
     return min(len(old), len(new))
 
 
-def _refs_hit(refs: str, doomed: set[tuple[Any, ...]]) -> bool:
-    return any(tuple(ref) in doomed for ref in json.loads(refs))
-
-
-def _recent_worthy(channel: str, values: dict[str, Any]) -> bool:
+def _recent_worthy(channel: str, value: Any) -> bool:
     """Lists (message histories) and the input are worth compressing against each other."""
-    return channel == _INPUT_CHANNEL or isinstance(values.get(channel), list)
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _json_path(key: str) -> str:
-    """A JSON path selecting one top-level key, quoted so any key is safe."""
-    return "$." + json.dumps(key)
+    return channel == _INPUT_CHANNEL or isinstance(value, list)

@@ -15,20 +15,45 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
+from uuid import UUID, uuid4
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.channels.delta import DeltaChannel
+from langgraph.checkpoint.base.id import uuid6
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from llmctx.graphs import build_context_graph
 from llmctx.nodes import ContextState
-from llmctx.runtime._checkpoint_blobs import APPEND, FULL, W_PREFIX, ZDELTA
+from llmctx.runtime._checkpoint_blobs import (
+    APPEND,
+    FULL,
+    SPILL,
+    W_BLOB,
+    W_PREFIX,
+    BlobCache,
+    BlobReader,
+    WriteEntry,
+    source_of,
+)
+from llmctx.runtime._checkpoint_body import decode_body, encode_body, flatten, unflatten
+from llmctx.runtime._checkpoint_codec import REF_COST
+from llmctx.runtime._checkpoint_keys import (
+    pack_id,
+    pack_ts,
+    pack_version,
+    unpack_id,
+    unpack_ts,
+    unpack_version,
+)
 from llmctx.runtime._checkpoint_schema import APPLICATION_ID
 from llmctx.runtime.checkpointer import CheckpointStoreError, LlmctxSaver
 from llmctx.runtime.errors import LlmctxError
@@ -60,8 +85,35 @@ def _history_values(graph: Any, thread: str) -> list[tuple[int, dict[str, Any]]]
 
 
 def _kinds(saver: LlmctxSaver, channel: str) -> list[int]:
-    rows = saver.conn.execute("SELECT kind FROM blobs WHERE channel = ?", (channel,))
+    rows = saver.conn.execute(
+        "SELECT kind FROM blobs b JOIN names n ON n.id = b.ch WHERE n.name = ?", (channel,)
+    )
     return [r[0] for r in rows]
+
+
+def _compressed_against_another(saver: LlmctxSaver, channel: str) -> int:
+    """How many rows of `channel` are stored compressed against another row."""
+    return saver.conn.execute(
+        "SELECT count(*) FROM blobs b JOIN names n ON n.id = b.ch "
+        "WHERE n.name = ? AND b.src_ch IS NOT NULL",
+        (channel,),
+    ).fetchone()[0]
+
+
+def _write_rows(saver: LlmctxSaver) -> list[tuple[int, list[tuple[str, WriteEntry]]]]:
+    """Every `writes` row: its stored size and its writes (channel name, entry)."""
+    names = dict(saver.conn.execute("SELECT id, name FROM names"))
+    out = []
+    rows = saver.conn.execute("SELECT t, z, data, src_ch, src_ver FROM writes").fetchall()
+    for t, z, data, src_ch, src_ver in rows:
+        reader = BlobReader(saver.conn, saver.serde, BlobCache(0), saver._names, t)
+        entries = [(names[e.ch], e) for e in reader.writes(z, data, source_of(src_ch, src_ver))]
+        out.append((len(data) + (REF_COST if src_ch is not None else 0), entries))
+    return out
+
+
+def _write_kinds(saver: LlmctxSaver, channel: str) -> list[int]:
+    return [e.kind for _, entries in _write_rows(saver) for ch, e in entries if ch == channel]
 
 
 @pytest.fixture
@@ -80,11 +132,12 @@ def test_messages_are_stored_incrementally_and_read_back_exactly(saver: LlmctxSa
     assert _history_values(graph, "t") == _history_values(reference, "t")
     kinds = _kinds(saver, "messages")
     assert kinds.count(APPEND) >= 45 and kinds.count(FULL) <= 3
-    # Appends are compressed against the pending writes carrying the same messages.
-    against_writes = saver.conn.execute(
-        "SELECT count(*) FROM blobs WHERE channel = 'messages' AND dict_refs IS NOT NULL"
-    ).fetchone()[0]
-    assert against_writes >= 40
+    # Each message is stored once: the pending write that carried it is a reference
+    # to the row of the history that stores it since.
+    assert _write_kinds(saver, "messages").count(W_BLOB) >= 45
+    # The input message is stored twice (the input, then the history): the second
+    # copy is compressed against the first.
+    assert _compressed_against_another(saver, "messages") >= 20
 
 
 def test_a_fresh_process_reads_what_another_wrote(tmp_path: Path) -> None:
@@ -108,8 +161,29 @@ def test_context_frame_is_delta_compressed_and_summarized(saver: LlmctxSaver) ->
         graph.invoke(turn, config)
         reference.invoke(turn, config)
     assert _history_values(graph, "c") == _history_values(reference, "c")
-    assert ZDELTA in _kinds(saver, "context")
+    # Every frame after the first is stored against its previous version, and the
+    # pipeline's pending write of it is a reference to that row.
+    assert _compressed_against_another(saver, "context") >= 10
+    assert set(_write_kinds(saver, "context")) == {W_BLOB}
 
+    # The summary texts a frame repeats from its previous version are stored once.
+    elided = saver.conn.execute(
+        "SELECT count(*) FROM blobs WHERE summary IS NOT NULL AND src_ch IS NOT NULL"
+    ).fetchone()[0]
+    assert elided >= 10
+    _assert_versions_match_frames(saver, graph, config)
+    rows = saver.list_versions("c")
+    changed = saver.list_versions("c", changed_only=True)
+    assert [r.turn for r in changed] == list(range(12, 0, -1))
+    assert saver.list_versions("c", limit=2, before=rows[0].checkpoint_id) == rows[1:3]
+    # Deleting the versions the others' summaries were stored against keeps them whole.
+    saver.delete_checkpoints("c", [r.checkpoint_id for r in changed[3:9]])
+    _assert_versions_match_frames(saver, graph, config)
+    with LlmctxSaver(saver.path) as cold:
+        _assert_versions_match_frames(cold, graph, config)
+
+
+def _assert_versions_match_frames(saver: LlmctxSaver, graph: Any, config: Any) -> None:
     rows = saver.list_versions("c")
     states = list(graph.get_state_history(config))
     assert [r.checkpoint_id for r in rows] == [
@@ -126,9 +200,6 @@ def test_context_frame_is_delta_compressed_and_summarized(saver: LlmctxSaver) ->
         assert row.history_tokens == frame["history_tokens"]
         assert row.history_messages == frame["history_messages"]
         assert row.tokens_exact == frame["tokenizer"]["exact"]
-    changed = saver.list_versions("c", changed_only=True)
-    assert [r.turn for r in changed] == list(range(12, 0, -1))
-    assert saver.list_versions("c", limit=2, before=rows[0].checkpoint_id) == rows[1:3]
 
 
 def test_fork_from_an_old_checkpoint_keeps_both_branches(saver: LlmctxSaver) -> None:
@@ -217,6 +288,191 @@ def test_any_sequence_of_puts_reads_back_exactly(
         assert listed == expected
 
 
+# -- the compact layout: packed keys, body deltas, write references, spill -------------
+
+_UUIDS = st.uuids().map(str)
+
+
+@given(
+    ids=st.lists(st.one_of(_UUIDS, st.text(max_size=40), _UUIDS.map(str.upper)), max_size=6),
+    versions=st.lists(
+        st.one_of(
+            st.tuples(st.integers(0, 10**10 - 1), st.integers(0, 2**40 - 1)).map(
+                lambda cr: f"{cr[0]:010d}.{cr[1]:010x}"
+            ),
+            st.text(max_size=30),
+            st.integers(),
+        ),
+        max_size=6,
+    ),
+    times=st.lists(
+        st.one_of(
+            st.datetimes(timezones=st.just(UTC)).map(datetime.isoformat),
+            st.datetimes(timezones=st.timezones()).map(datetime.isoformat),
+            st.datetimes().map(datetime.isoformat),
+            st.text(max_size=30),
+        ),
+        max_size=6,
+    ),
+)
+def test_packed_keys_read_back_exactly_and_keep_their_order(
+    ids: list[str], versions: list[Any], times: list[str]
+) -> None:
+    for value in ids:
+        packed = pack_id(value)
+        assert unpack_id(packed) == value
+        assert isinstance(packed, bytes) == (
+            value == str(UUID(value)) if _is_uuid(value) else False
+        )
+    uuids = [i for i in ids if isinstance(pack_id(i), bytes)]
+    assert sorted(uuids) == sorted(uuids, key=pack_id)  # blob order is string order
+    for version in versions:
+        assert unpack_version(pack_version(version)) == str(version)
+    for ts in times:
+        for cid in (str(uuid6()), "not-a-uuid", str(uuid4())):
+            packed_id = pack_id(cid)
+            assert unpack_ts(pack_ts(ts, packed_id), packed_id) == ts
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return len(value) == 36
+
+
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),  # what msgpack (and so the serde) can hold
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.sampled_from(["0000000003.00000000ab", "0000000004.ffffffffff"]),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3),
+    st.just({}),
+    st.dictionaries(st.integers(0, 9), st.integers(-(2**63), 2**63 - 1), max_size=2),
+)
+_BODIES = st.recursive(
+    _LEAVES, lambda inner: st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=20
+).filter(lambda b: isinstance(b, dict))
+
+
+@given(bodies=st.lists(_BODIES, min_size=1, max_size=5))
+def test_checkpoint_bodies_are_stored_as_deltas_that_read_back_exactly(
+    bodies: list[dict[str, Any]],
+) -> None:
+    serde = JsonPlusSerializer()
+    names: dict[str, int] = {}
+    by_id: dict[int, str] = {}
+
+    def name_id(name: str) -> int:
+        by_id.setdefault(names.setdefault(name, len(names)), name)
+        return names[name]
+
+    parent = None
+    for body in bodies:
+        flat = flatten(body)
+        assert unflatten(flat) == body
+        data = encode_body(flat, parent, name_id, serde)
+        assert decode_body(data, parent, by_id.__getitem__, serde) == flat
+        parent = flat
+
+
+def test_a_langgraph_step_body_is_a_few_dozen_bytes(saver: LlmctxSaver) -> None:
+    graph = _chat_graph(saver)
+    _run_chat(graph, "b", 12)
+    bodies = saver.conn.execute("SELECT depth, length(body) FROM checkpoints").fetchall()
+    deltas = [size for depth, size in bodies if depth > 0]
+    assert len(deltas) >= len(bodies) - 2
+    assert max(deltas) < 80
+    ids = saver.conn.execute("SELECT DISTINCT typeof(id), length(id) FROM checkpoints").fetchall()
+    assert ids == [("blob", 16)]  # LangGraph's UUID ids, packed
+    # And a fresh process (no cached bodies) reads every checkpoint back the same.
+    with LlmctxSaver(saver.path) as cold:
+        assert _history_values(_chat_graph(cold), "b") == _history_values(graph, "b")
+
+
+def _spill_rows(saver: LlmctxSaver) -> int:
+    dangling = saver.conn.execute(
+        "SELECT count(*) FROM blobs WHERE typeof(data) = 'integer' "
+        "AND data NOT IN (SELECT id FROM spill)"
+    ).fetchone()[0]
+    assert dangling == 0
+    return saver.conn.execute("SELECT count(*) FROM spill").fetchone()[0]
+
+
+def test_large_values_spill_and_are_freed_with_their_rows(saver: LlmctxSaver) -> None:
+    big = os.urandom(4 * SPILL).hex()  # does not compress below the spill threshold
+    version = saver.get_next_version(None, None)
+
+    def put(thread: str, value: str) -> RunnableConfig:
+        checkpoint = {
+            "v": 4,
+            "id": str(uuid6()),
+            "ts": "2026-01-01T00:00:00+00:00",
+            "channel_values": {"doc": value},
+            "channel_versions": {"doc": version},
+            "versions_seen": {},
+            "updated_channels": ["doc"],
+        }
+        config = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+        return saver.put(config, checkpoint, {"step": 0}, {"doc": version})
+
+    config = put("s", big)
+    assert _spill_rows(saver) == 1
+    saver.copy_thread("s", "s2")
+    assert _spill_rows(saver) == 2  # the copy owns its payload
+    saver.delete_thread("s")
+    assert _spill_rows(saver) == 1
+    copy = {"configurable": {**config["configurable"], "thread_id": "s2"}}
+    got = saver.get_tuple(copy)
+    assert got is not None and got.checkpoint["channel_values"]["doc"] == big
+    put("s2", big[::-1])  # the same version written again: the old payload is freed
+    assert _spill_rows(saver) == 1
+    got = saver.get_tuple({"configurable": {"thread_id": "s2"}})
+    assert got is not None and got.checkpoint["channel_values"]["doc"] == big[::-1]
+
+
+@pytest.mark.parametrize("writes_first", [True, False], ids=["writes-first", "put-first"])
+def test_a_write_the_next_checkpoint_stores_becomes_a_reference(
+    saver: LlmctxSaver, writes_first: bool
+) -> None:
+    """LangGraph saves a step's writes and the next checkpoint in either order; both
+    ways the write ends up a reference to the row that stores its value."""
+    first = [HumanMessage(f"question {TEXT}", id="h")]
+    reply = [AIMessage(f"answer {TEXT}", id="a")]
+    base = {"configurable": {"thread_id": "r", "checkpoint_ns": ""}}
+    v1 = saver.get_next_version(None, None)
+    v2 = saver.get_next_version(v1, None)
+
+    def checkpoint(cid: str, items: list[Any], version: str) -> dict[str, Any]:
+        return {
+            "v": 4,
+            "id": cid,
+            "ts": "2026-01-01T00:00:00+00:00",
+            "channel_values": {"messages": items},
+            "channel_versions": {"messages": version},
+            "versions_seen": {},
+            "updated_channels": ["messages"],
+        }
+
+    c1 = saver.put(base, checkpoint(str(uuid6()), first, v1), {"step": 0}, {"messages": v1})
+    second = checkpoint(str(uuid6()), [*first, *reply], v2)
+    if writes_first:
+        saver.put_writes(c1, [("messages", reply)], "task")
+        saver.put(c1, second, {"step": 1}, {"messages": v2})
+    else:
+        saver.put(c1, second, {"step": 1}, {"messages": v2})
+        saver.put_writes(c1, [("messages", reply)], "task")
+    assert _write_kinds(saver, "messages") == [W_BLOB]
+    assert _kinds(saver, "messages") == [FULL, APPEND]
+    for reader in (saver, LlmctxSaver(saver.path)):
+        got = reader.get_tuple(c1)
+        assert got is not None and got.pending_writes == [("task", "messages", reply)]
+
+
 # -- an agent graph whose first node writes the whole history back every turn -------
 
 
@@ -271,17 +527,16 @@ def test_a_node_returning_the_whole_history_stores_only_what_is_new(saver: Llmct
     _run_agent(graph, "a", 12)
     _run_agent(reference, "a", 12)
     assert _full_history(saver, "a") == _full_history(reference.checkpointer, "a")
-    prefix = saver.conn.execute(
-        "SELECT count(*), max(length(value)) FROM writes WHERE channel = 'messages' AND kind = ?",
-        (W_PREFIX,),
-    ).fetchone()
-    assert prefix[0] >= 11 and prefix[1] < 600  # never the whole list again
-    # Each message is stored about once: later copies are compressed against it.
-    refs = saver.conn.execute(
-        "SELECT (SELECT count(*) FROM writes WHERE dict_refs IS NOT NULL) + "
-        "(SELECT count(*) FROM blobs WHERE dict_refs IS NOT NULL)"
-    ).fetchone()[0]
-    assert refs >= 2 * 11
+    prefix = [
+        size
+        for size, entries in _write_rows(saver)
+        if any(ch == "messages" and e.kind == W_PREFIX for ch, e in entries)
+    ]
+    assert len(prefix) >= 11 and max(prefix) < 600  # never the whole list again
+    # Each message is stored about once: later copies are references to it, or
+    # compressed against it.
+    refs = _write_kinds(saver, "messages").count(W_BLOB)
+    assert refs + _compressed_against_another(saver, "messages") >= 2 * 11
     with LlmctxSaver(saver.path) as cold:  # and a fresh process reads the same
         assert _full_history(cold, "a") == _full_history(reference.checkpointer, "a")
 
@@ -309,9 +564,9 @@ def test_reading_an_old_version_keeps_storing_appends(saver: LlmctxSaver) -> Non
     fulls = _kinds(saver, "messages").count(FULL)
     _run_agent(graph, "o", 3, start=6)
     assert _kinds(saver, "messages").count(FULL) == fulls
-    big = saver.conn.execute(
-        "SELECT max(length(value)) FROM writes WHERE channel = 'messages'"
-    ).fetchone()[0]
+    big = max(
+        size for size, entries in _write_rows(saver) if any(ch == "messages" for ch, _ in entries)
+    )
     assert big < 1_000
 
 
@@ -403,8 +658,7 @@ def test_a_rewritten_version_keeps_the_writes_built_on_it(saver: LlmctxSaver) ->
 
     config = saver.put(base, checkpoint(first), {"step": 0}, {"messages": version})
     saver.put_writes(config, [("messages", [*first, AIMessage("extra", id="x")])], "task")
-    kinds = saver.conn.execute("SELECT kind FROM writes").fetchall()
-    assert kinds == [(W_PREFIX,)]
+    assert _write_kinds(saver, "messages") == [W_PREFIX]
     saver.put(base, checkpoint([HumanMessage("other", id="o")]), {"step": 0}, {"messages": version})
     got = saver.get_tuple(config)
     assert got is not None
@@ -550,6 +804,24 @@ def _writer(path: Path, thread: str, turns: int) -> subprocess.Popen[str]:
     )
 
 
+def test_two_savers_taking_turns_on_one_thread_read_back_exactly(tmp_path: Path) -> None:
+    """Each saver's caches (delta bases, sources, bodies, pending writes to turn into
+    references) go stale whenever the other writes; what each stores must still read
+    back exactly, in both and in a fresh process."""
+    path = tmp_path / "shared.sqlite"
+    reference = _agent_graph(InMemorySaver())
+    with LlmctxSaver(path) as first, LlmctxSaver(path) as second:
+        graphs = [_agent_graph(first), _agent_graph(second)]
+        for i in range(8):
+            _run_agent(graphs[i % 2], "x", 1, start=i)
+            _run_agent(reference, "x", 1, start=i)
+        expected = _full_history(reference.checkpointer, "x")
+        assert _full_history(first, "x") == expected
+        assert _full_history(second, "x") == expected
+    with LlmctxSaver(path) as cold:
+        assert _full_history(cold, "x") == expected
+
+
 def test_two_processes_writing_one_file_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite"
     LlmctxSaver(path).close()
@@ -610,11 +882,14 @@ def _newer(path: Path) -> None:
     conn.close()
 
 
-def _older_schema(path: Path) -> None:
+def _older_schema(path: Path, version: int = 1) -> None:
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE checkpoints (thread_id TEXT)")
+    if version > 1:
+        conn.execute("CREATE TABLE blobs (thread_id TEXT)")
+        conn.execute("CREATE TABLE writes (thread_id TEXT)")
     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-    conn.execute("PRAGMA user_version=1")
+    conn.execute(f"PRAGMA user_version={version}")
     conn.commit()
     conn.close()
 
@@ -636,8 +911,17 @@ def _langgraph_sqlite(path: Path) -> None:
         (_langgraph_sqlite, "SqliteSaver"),
         (_newer, "newer llmctx"),
         (_older_schema, "older llmctx"),
+        (lambda p: _older_schema(p, 2), r"older llmctx \(schema 2"),
     ],
-    ids=["random", "corrupt-header", "foreign", "sqlitesaver", "newer-schema", "older-schema"],
+    ids=[
+        "random",
+        "corrupt-header",
+        "foreign",
+        "sqlitesaver",
+        "newer-schema",
+        "older-schema",
+        "schema-2",
+    ],
 )
 def test_a_file_that_is_not_ours_is_refused_not_reset(
     tmp_path: Path, make: Any, message: str

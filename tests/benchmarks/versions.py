@@ -9,10 +9,13 @@ one context version per turn) then a model node that answers. Savers:
 - `sqlite_delta`: `SqliteSaver` with the messages channel as a `DeltaChannel`;
 - `llmctx`: llmctx's embedded saver (`llmctx.runtime.checkpointer.LlmctxSaver`).
 
-At each N of `--turns` it measures database bytes (WAL included), invoke p50/p95
-over the turns since the previous N, `get_state`, listing every version (metadata
-only, through `llmctx.runtime.versions.history`) and `get_state` of the version at
-N/2. Prints one JSON object last.
+At each N of `--turns` it measures database bytes (every file of the database, WAL
+included), invoke p50/p95 over the turns since the previous N, the part of each
+invoke spent inside the saver (`saver_p50_ms`: the CPU time of its `put`,
+`put_writes` and `get_tuple` calls, summed over the threads that make them; waits for
+locks and for the GIL are not counted), `get_state`, listing every version
+(metadata only, through `llmctx.runtime.versions.history`) and `get_state` of the
+version at N/2. Prints one JSON object last.
 
 Run: `python -m tests.benchmarks.versions [--turns 500 1000 2000] [--smoke]`.
 """
@@ -26,6 +29,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -116,6 +120,27 @@ def _llmctx_saver(path: Path) -> AbstractContextManager[Any] | None:
     return _open()
 
 
+class _SaverClock:
+    """Adds up the CPU time spent in a saver's storage calls (from any thread)."""
+
+    def __init__(self, saver: BaseCheckpointSaver) -> None:
+        self.total = 0.0
+        self._lock = threading.Lock()
+        for name in ("put", "put_writes", "get_tuple"):
+            setattr(saver, name, self._timed(getattr(saver, name)))
+
+    def _timed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.total += time.thread_time() - start
+
+        return call
+
+
 def _db_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
 
@@ -147,14 +172,18 @@ def run_saver(
     config = {"configurable": {"thread_id": "bench"}}
     with opened as saver:
         graph = _graph(state, saver, lambda: _text(rng, encoding, 200), budget)
+        clock = _SaverClock(saver)
         latencies: list[float] = []
+        in_saver: list[float] = []
         turn = 0
         for target in checkpoints:
             while turn < target:
                 human = HumanMessage(_text(rng, encoding, 200))
+                before = clock.total
                 start = time.perf_counter()
                 graph.invoke({"messages": [human]}, config)
                 latencies.append((time.perf_counter() - start) * 1000.0)
+                in_saver.append((clock.total - before) * 1000.0)
                 turn += 1
             ordered = sorted(latencies)
             get_state_ms = _ms(lambda: graph.get_state(config))
@@ -176,13 +205,14 @@ def run_saver(
                     "bytes_per_turn": round(size / turn),
                     "invoke_p50_ms": round(ordered[len(ordered) // 2], 2),
                     "invoke_p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 2),
+                    "saver_p50_ms": round(statistics.median(in_saver), 2),
                     "get_state_ms": round(get_state_ms, 2),
                     "list_versions_ms": round(list_ms, 1),
                     "versions": len(versions),
                     "get_mid_version_ms": round(get_mid_ms, 2),
                 }
             )
-            latencies = []
+            latencies, in_saver = [], []
             print(f"{name:>12} {rows[-1]}", file=sys.stderr)
     return {"saver": name, "results": rows}
 
