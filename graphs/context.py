@@ -143,7 +143,10 @@ def context_node(
 def _with_defaults(node: Node, defaults: ContextConfig) -> Node:
     """Wrap a node so that the run's context falls back to the factory's defaults."""
 
-    def run(state: ContextState, runtime: Runtime[ContextConfig]) -> dict[str, Any]:
+    # `state` is deliberately not typed as ContextState: LangGraph would read the
+    # annotation as the node's input schema and clash with a parent graph whose
+    # channels differ (e.g. `messages` as a DeltaChannel).
+    def run(state: Any, runtime: Runtime[ContextConfig]) -> dict[str, Any]:
         context = ContextConfig.coerce(runtime.context)
         merged = context.over(defaults) if context is not None else defaults
         return node(state, runtime.override(context=merged))

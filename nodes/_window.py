@@ -8,10 +8,11 @@ marker, never dropped silently) in one place.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-from llmctx.nodes.state import Frame, TierReport, WindowItem
+from llmctx.nodes.state import Frame, PrunedItem, TierReport, WindowItem
 from llmctx.runtime.tokens import TokenCounter
 
 TIERS = ("critical", "important", "supporting", "cache")
@@ -152,6 +153,37 @@ def tier_reports(
         }
         carry = available - used[tier]
     return reports
+
+
+def with_oversized(
+    pruned: list[PrunedItem], oversized: Iterable[Sequence[Any]], window: Iterable[WindowItem]
+) -> list[PrunedItem]:
+    """`pruned` plus a report for every oversized message the window does not show.
+
+    A message larger than its tier is never left out silently: each version lists
+    the ones it does not show (in full or truncated), with their size.
+    """
+    shown = {it["id"] for it in window if it["kind"] == "message"}
+    listed = {p["id"] for p in pruned}
+    out = list(pruned)
+    for mid, tokens in oversized:
+        if mid not in shown and mid not in listed:
+            out.append(
+                {"id": mid, "reason": f"oversized ({tokens} tokens); the full text is in history"}
+            )
+    return out
+
+
+def left_for_good(items: Iterable[PrunedItem], window: Iterable[WindowItem]) -> list[PrunedItem]:
+    """Hand-offs without duplicates, and without what the window still shows verbatim."""
+    verbatim = {it["id"] for it in window if it["kind"] == "message" and "content" not in it}
+    seen: set[str] = set()
+    out: list[PrunedItem] = []
+    for item in items:
+        if item["id"] not in seen and item["id"] not in verbatim:
+            seen.add(item["id"])
+            out.append(item)
+    return out
 
 
 def window_total(frame: Frame, fixed: int) -> int:

@@ -37,6 +37,7 @@ from llmctx.nodes._window import (
     message_item,
     tier_reports,
     truncated_copy,
+    with_oversized,
 )
 from llmctx.nodes.state import (
     ContextConfig,
@@ -172,6 +173,7 @@ def assemble_window(
     pruned.extend(walk.excluded)
     pruned.extend(unpinnable)
     pruned.extend(left_out)
+    oversized = _oversized(messages, counts, limits["important"], previous, start)
     if reset:
         pruned.append({"id": "llmctx:summaries", "reason": reset})
 
@@ -191,7 +193,8 @@ def assemble_window(
         "summaries": summaries,
         "summarized": summarized,
         "horizon": horizon,
-        "pruned": pruned,
+        "oversized": oversized,
+        "pruned": with_oversized(pruned, oversized, window),
         "handoff": [{"id": mid, "reason": "left the window (recency)"} for mid in left_ids],
         "pinned": list(previous.get("pinned", [])),
         "template_pins": template_pins,
@@ -259,7 +262,8 @@ def horizon_floor(messages: Sequence[BaseMessage], counts: LazyCounts, budget: i
     for i in range(len(messages) - 1, -1, -1):
         total += counts[i]
         if total > limit:
-            return i + 1
+            # The newest message is always within reach, however large.
+            return min(i + 1, len(messages) - 1)
     return 0
 
 
@@ -268,6 +272,22 @@ def summary_content(summary: Summary) -> str:
     span = summary.get("span") or {}
     count = span.get("count", len(summary.get("covers", [])))
     return f"Summary of {count} earlier message(s):\n{summary['text']}"
+
+
+def _oversized(
+    messages: Sequence[BaseMessage],
+    counts: LazyCounts,
+    limit: int,
+    previous: Frame,
+    start: int | None,
+) -> list[list[Any]]:
+    """`[id, tokens]` of every message larger than the important tier, kept as the
+    history grows (only new messages are measured)."""
+    known = list(previous.get("oversized", [])) if start is not None else []
+    for i in range(start if start is not None else 0, len(messages)):
+        if counts[i] > limit:
+            known.append([str(messages[i].id), counts[i]])
+    return known
 
 
 def _focus(messages: Sequence[BaseMessage]) -> str:
@@ -475,12 +495,13 @@ class _RecencyWalk:
                     self._pending.pop(cid, None)
                 fitted = self._truncated_unit(members, room - used, tier)
                 if fitted is None:
-                    self.excluded.append(
+                    self.excluded.extend(
                         {
-                            "id": str(message.id),
-                            "reason": f"oversized ({cost} tokens) with no room for a "
+                            "id": str(messages[j].id),
+                            "reason": f"oversized unit ({cost} tokens) with no room for a "
                             "truncated copy",
                         }
+                        for j in sorted(members)
                     )
                 else:
                     taken.update(fitted)

@@ -19,7 +19,7 @@ from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 
 from llmctx.nodes._deps import NodeDeps, resolve_deps
-from llmctx.nodes._window import LazyCounts
+from llmctx.nodes._window import LazyCounts, left_for_good, with_oversized
 from llmctx.nodes.budget import assemble_window
 from llmctx.nodes.prune import prune_window
 from llmctx.nodes.retrieve import retrieve_memories
@@ -78,13 +78,19 @@ def compress_frame(
         for item in stage.get("pruned", []):
             mid = item["id"]
             back = mid in shown and "content" not in shown[mid]  # a later stage re-took it
+            if item["reason"].startswith("oversized ("):
+                continue  # re-derived below, against the final window
             if mid not in seen and not back:
                 seen.add(mid)
                 removed.append(item)
+    handoff = left_for_good(
+        [h for stage in stages for h in stage.get("handoff", [])], final["window"]
+    )
     op = final["last_op"]
     return {
         **final,
-        "pruned": removed,
+        "pruned": with_oversized(removed, final.get("oversized", []), final["window"]),
+        "handoff": handoff,
         "last_op": {
             **op,
             "tokens_before": int(previous.get("window_tokens", 0)),

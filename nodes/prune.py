@@ -42,9 +42,11 @@ from llmctx.nodes._deps import NodeDeps, resolve_deps
 from llmctx.nodes._window import (
     LazyCounts,
     calls_of,
+    left_for_good,
     message_item,
     tier_reports,
     units_between,
+    with_oversized,
 )
 from llmctx.nodes.budget import assemble_window, horizon_floor, order_window
 from llmctx.nodes.state import ContextConfig, ContextState, Frame, PrunedItem, WindowItem
@@ -227,12 +229,13 @@ def prune_window(
     reasons = {p["id"]: p["reason"] for p in pruned}
     handoff = list(frame.get("handoff", []))
     handoff.extend({"id": mid, "reason": reasons.get(mid, "pruned")} for mid in sorted(left))
+    handoff = left_for_good(handoff, new_window)
     return {
         **frame,
         "window": new_window,
         "window_tokens": window_tokens,
         "tiers": tier_reports(limits, new_window, fixed_tokens),
-        "pruned": pruned,
+        "pruned": with_oversized(pruned, frame.get("oversized", []), new_window),
         "handoff": handoff,
         **update,
         "last_op": {
@@ -344,12 +347,12 @@ class _LinkIndex:
     position. Only appended messages are indexed on later turns.
     """
 
-    __slots__ = ("by_id", "calls", "ents", "links", "postings", "size", "start", "tail")
+    __slots__ = ("by_id", "calls", "ents", "links", "postings", "sigs", "size", "start")
 
     def __init__(self, start: int) -> None:
         self.start = start
         self.size = start
-        self.tail = ""
+        self.sigs: list[tuple[Any, ...]] = []
         self.ents: list[frozenset[str]] = []
         self.postings: dict[str, list[int]] = {}
         self.links: dict[int, list[int]] = {}
@@ -360,6 +363,7 @@ class _LinkIndex:
         for i in range(self.size, len(messages)):
             message = messages[i]
             found = entities(_text(message))
+            self.sigs.append(_signature(message))
             self.ents.append(found)
             for entity in found:
                 self.postings.setdefault(entity, []).append(i)
@@ -373,7 +377,18 @@ class _LinkIndex:
             if isinstance(target, str) and target in self.by_id:
                 self._link(self.by_id[target], i)
         self.size = len(messages)
-        self.tail = str(messages[-1].id) if messages else ""
+
+    def matches(self, messages: Sequence[BaseMessage], floor: int) -> bool:
+        """Whether the indexed messages from `floor` on are still these messages.
+
+        Checked every turn over the horizon (ids, content hashes and tool-call ids),
+        so another history with the same ids, or a message edited in place, is never
+        answered from a stale index.
+        """
+        if not self.start <= floor or self.size > len(messages):
+            return False
+        sigs, base = self.sigs, self.start
+        return all(sigs[i - base] == _signature(messages[i]) for i in range(floor, self.size))
 
     def _link(self, a: int, b: int) -> None:
         self.links.setdefault(a, []).append(b)
@@ -387,16 +402,10 @@ _MAX_INDEXES = 32
 
 def _index_for(messages: Sequence[BaseMessage], floor: int) -> _LinkIndex:
     """The link index of this history, extended to its end (rebuilt if rewritten)."""
-    key = f"{messages[0].id}\x1f{id(type(messages[0]))}"
+    key = f"{messages[0].id}\x1f{_signature(messages[0])[1]}"
     with _INDEXES_LOCK:
         index = _INDEXES.get(key)
-        valid = (
-            index is not None
-            and index.start <= floor
-            and index.size <= len(messages)
-            and (index.size == index.start or str(messages[index.size - 1].id) == index.tail)
-        )
-        if not valid:
+        if index is None or not index.matches(messages, floor):
             index = _LinkIndex(floor)
             _INDEXES[key] = index
             if len(_INDEXES) > _MAX_INDEXES:
@@ -408,6 +417,12 @@ def _index_for(messages: Sequence[BaseMessage], floor: int) -> _LinkIndex:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _signature(message: BaseMessage) -> tuple[Any, ...]:
+    content = message.content
+    digest = hash(content) if type(content) is str else hash(repr(content))
+    return (message.id, digest, tuple(calls_of(message)))
 
 
 def _text(message: BaseMessage) -> str:

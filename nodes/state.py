@@ -141,7 +141,9 @@ class Frame(TypedDict, total=False):
     summarized), for the remember node to write to long-term memory. `last_used`
     maps recent message ids to the turn they were last relevant (the LRU strategy).
     `horizon` is how far back the cache tier may look (`floor` index, the `tokens`
-    from there to the end, and their `limit`), kept incrementally.
+    from there to the end, and their `limit`), kept incrementally. `oversized` lists
+    `[id, tokens]` of the messages larger than the important tier; every version
+    reports in `pruned` those it does not show.
     """
 
     template: str
@@ -158,6 +160,7 @@ class Frame(TypedDict, total=False):
     summaries: list[Summary]
     summarized: dict[str, Any]
     horizon: dict[str, int]
+    oversized: list[list[Any]]
     memories: list[Memory]
     pruned: list[PrunedItem]
     handoff: list[PrunedItem]

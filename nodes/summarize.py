@@ -34,7 +34,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, To
 from langgraph.runtime import Runtime
 
 from llmctx.nodes._deps import NodeDeps, resolve_deps
-from llmctx.nodes._window import LazyCounts, calls_of
+from llmctx.nodes._window import LazyCounts, calls_of, left_for_good, with_oversized
 from llmctx.nodes.budget import assemble_window, pinned_indices, summary_content
 from llmctx.nodes.prune import prune_window
 from llmctx.nodes.state import ContextConfig, ContextState, Frame, PrunedItem, Summary
@@ -144,6 +144,7 @@ def summarize_window(
                 span={
                     "first": str(messages[boundary].id),
                     "last": str(messages[end - 1].id),
+                    "start": boundary,
                     "count": end - boundary,
                 },
                 deps=deps,
@@ -177,14 +178,23 @@ def summarize_window(
         )
         input_tokens += result.input_tokens
         first, last = group[0].get("span", {}), group[-1].get("span", {})
+        start = int(first.get("start", 0))
+        exact = all("start" in s.get("span", {}) for s in group)
+        # A child made in this same compaction is in no version: cite what it covered.
+        covers = [c for s in group for c in (s["covers"] if s["id"] in made else [s["id"]])]
         summary = _summary(
-            [s["id"] for s in group],
+            covers,
             result,
             level=1 + max(int(s.get("level", 0)) for s in group),
             span={
                 "first": first.get("first", ""),
                 "last": last.get("last", ""),
-                "count": sum(int(s.get("span", {}).get("count", 0)) for s in group),
+                "start": start,
+                "count": (
+                    int(last.get("start", 0)) + int(last.get("count", 0)) - start
+                    if exact  # frames written before spans carried `start`: sum instead
+                    else sum(int(s.get("span", {}).get("count", 0)) for s in group)
+                ),
             },
             deps=deps,
         )
@@ -204,12 +214,13 @@ def summarize_window(
         {"id": s, "reason": "re-compressed into a higher-level summary"} for s in merged
     ]
     pruned.extend(p for p in rebuilt.get("pruned", []) if p["id"] not in made_set)
-    handoff.extend(h for h in rebuilt.get("handoff", []) if not h["reason"].startswith("left"))
+    handoff.extend(rebuilt.get("handoff", []))
+    pruned = with_oversized(pruned, rebuilt.get("oversized", []), rebuilt["window"])
     new_count = len([m for m in made if m not in merged])
     return {
         **rebuilt,
         "pruned": pruned,
-        "handoff": _unique(handoff),
+        "handoff": left_for_good(handoff, rebuilt["window"]),
         "last_op": {
             "op": "summarize",
             "reason": (
@@ -258,11 +269,9 @@ def _chunk(
     """
     end, tokens = start, 0
     while end < stop:
-        unit_end = end + 1
-        open_calls = set(calls_of(messages[end]))
-        while open_calls and unit_end < stop and isinstance(messages[unit_end], ToolMessage):
-            open_calls.discard(messages[unit_end].tool_call_id)
-            unit_end += 1
+        unit_end = _unit_end(messages, end, stop)
+        if unit_end is None:
+            break  # a call whose results come in the current turn: not yet
         unit_tokens = sum(counts[i] for i in range(end, unit_end))
         if end > start and tokens + unit_tokens > max_input:
             break
@@ -272,6 +281,29 @@ def _chunk(
         if size >= policy.chunk_size:
             break
     return end, tokens
+
+
+def _unit_end(messages: Sequence[BaseMessage], at: int, stop: int) -> int | None:
+    """Where the unit starting at `at` ends: past the last result of its tool calls.
+
+    Results may arrive after other messages (parallel tools, interleaved turns); the
+    chunk then takes everything up to the last one. `None` when a result lies at or
+    after `stop`; a call whose result never came is a unit of its own.
+    """
+    open_calls = set(calls_of(messages[at]))
+    if not open_calls:
+        return at + 1
+    last = at
+    for j in range(at + 1, len(messages)):
+        message = messages[j]
+        if isinstance(message, ToolMessage) and message.tool_call_id in open_calls:
+            open_calls.discard(message.tool_call_id)
+            last = j
+            if not open_calls:
+                break
+    if last >= stop:
+        return None
+    return last + 1
 
 
 def _render(message: BaseMessage) -> str:
@@ -336,13 +368,3 @@ def _truncated_summary(summary: Summary, room: int, deps: NodeDeps) -> Summary:
         if candidate["tokens"] <= room or keep == 0:
             return candidate
         keep = max(0, keep - max(1, candidate["tokens"] - room))
-
-
-def _unique(items: list[PrunedItem]) -> list[PrunedItem]:
-    seen: set[str] = set()
-    out: list[PrunedItem] = []
-    for item in items:
-        if item["id"] not in seen:
-            seen.add(item["id"])
-            out.append(item)
-    return out
