@@ -81,16 +81,7 @@ def build_context_graph(
     new frame) instead of writing checkpoints of its own, which would only duplicate
     the state in the parent's saver.
     """
-    defaults = ContextConfig(
-        template=template,
-        budget=budget,
-        model=model,
-        workspace=Path(workspace) if workspace is not None else None,
-        tools=tuple(tools),
-        settings=settings,
-        summarizer=summarizer,
-        user_id=user_id,
-    )
+    defaults = _defaults(template, budget, model, workspace, tools, settings, summarizer, user_id)
     builder = StateGraph(ContextState, context_schema=ContextConfig, output_schema=ContextUpdate)
     builder.add_node("context", _with_defaults(compress, defaults))
     builder.add_edge(START, "context")
@@ -127,7 +118,22 @@ def context_node(
     Example:
         >>> builder.add_node("context", context_node(template="technical", budget=8_000))
     """
-    defaults = ContextConfig(
+    defaults = _defaults(template, budget, model, workspace, tools, settings, summarizer, user_id)
+    return _with_defaults(compress, defaults)
+
+
+def _defaults(
+    template: Any,
+    budget: int | None,
+    model: str | None,
+    workspace: Path | str | None,
+    tools: Sequence[Any],
+    settings: Settings | None,
+    summarizer: Any,
+    user_id: str | None,
+) -> ContextConfig:
+    """The factory arguments as the run defaults every node falls back to."""
+    return ContextConfig(
         template=template,
         budget=budget,
         model=model,
@@ -137,7 +143,6 @@ def context_node(
         summarizer=summarizer,
         user_id=user_id,
     )
-    return _with_defaults(compress, defaults)
 
 
 def _with_defaults(node: Node, defaults: ContextConfig) -> Node:
