@@ -6,6 +6,7 @@ from llmctx.nodes.pipeline import compress, compress_frame
 from llmctx.nodes.prune import entities, hop_distances, prune, prune_window
 from llmctx.nodes.remember import remember, remember_messages
 from llmctx.nodes.retrieve import retrieve, retrieve_memories
+from llmctx.nodes.schedule import ToolScheduler
 from llmctx.nodes.state import (
     ContextConfig,
     ContextState,
@@ -32,6 +33,7 @@ __all__ = [
     "PrunedItem",
     "Summary",
     "TierReport",
+    "ToolScheduler",
     "WindowItem",
     "allocate_budget",
     "assemble_window",

@@ -189,13 +189,16 @@ class ContextState(TypedDict):
 
     `remembered` is the remember node's progress mark (how much of `messages` and
     which summaries are in long-term memory); it is not part of the frame, so a
-    memory write does not make a new context version.
+    memory write does not make a new context version. `plan` is the scheduler's
+    record of the last tool-call plan (its DAG, critical path and timings;
+    `llmctx.runtime.PlanRecord`).
     """
 
     messages: Annotated[list[AnyMessage], add_messages]
     context: NotRequired[Frame]
     preserved: NotRequired[Annotated[dict[str, Frame], merge_preserved]]
     remembered: NotRequired[dict[str, Any]]
+    plan: NotRequired[dict[str, Any]]
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,18 @@ which must not depend on the rest of the runtime) can raise these errors.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "BudgetError",
     "CheckpointStoreError",
     "ConfigError",
     "LlmctxError",
+    "MemoryStoreError",
+    "PlanValidationError",
+    "ReferencePathError",
+    "ScheduleResumeError",
+    "SummarizerError",
     "TagError",
     "TemplateError",
     "TemplateNotFoundError",
@@ -92,6 +99,26 @@ class UnsupportedSaverError(LlmctxError):
 class MemoryStoreError(LlmctxError, ValueError):
     """The memory store cannot do what was asked: a bad value, filter or argument, or
     Chroma failed. A `ValueError` too, like the errors of LangGraph's own stores."""
+
+
+class PlanValidationError(LlmctxError, ValueError):
+    """The tool calls do not form a valid plan (unknown tool, missing reference, cycle,
+    self-reference or duplicate id). `problems` maps each affected call id to its reason."""
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        lines = "; ".join(f"call {cid!r}: {why}" for cid, why in self.problems.items())
+        super().__init__(f"invalid tool-call plan, nothing was run: {lines}")
+
+
+class ReferencePathError(LlmctxError, LookupError):
+    """A reference's path does not exist in the referenced result; the message names the
+    call, the path and the keys that do exist."""
+
+
+class ScheduleResumeError(LlmctxError):
+    """A resumed plan does not match the saved one (its tool calls changed); the message
+    names the call. Saved results are never handed to a different call."""
 
 
 class SummarizerError(LlmctxError):
