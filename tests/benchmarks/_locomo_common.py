@@ -5,17 +5,22 @@
   data set), and a loader for every conversation of a LoCoMo file;
 - `RecordingSummaryModel`, a langchain-core fake chat model that records the prompts it
   is sent and answers with a deterministic extract of them;
-- answer normalization for answer containment.
+- answer normalization for answer containment;
+- embedders for the memory benchmarks: the local MiniLM (offline), a shared vector
+  cache over it, and a hashing stand-in for smoke runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 import string
+import time
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,8 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
+from llmctx.runtime.embeddings import Embedder, make_embedder
+from llmctx.runtime.errors import ConfigError
 from llmctx.runtime.settings import Settings
 from llmctx.runtime.tokens import OFFLINE_ENCODING, TokenCounter
 from llmctx.runtime.transcripts import Transcript, load_transcript, transcript_info
@@ -204,3 +211,78 @@ def contains_answer(context: str, answer: str | None) -> bool:
 def message_texts(messages: Sequence[BaseMessage]) -> str:
     """The normalized text of a prompt, for answer containment."""
     return normalize_text("\n".join(m.text for m in messages))
+
+
+# -- embedders -------------------------------------------------------------------------
+
+_HASH_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def hashing_embedder(dims: int = 64) -> Embedder:
+    """A deterministic stand-in embedder: feature hashing of lowercased word tokens.
+
+    For smoke runs: it exercises the dense and hybrid code paths in milliseconds,
+    without loading a model. Its numbers say nothing about a real embedder.
+    """
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        out = []
+        for text in texts:
+            vector = [0.0] * dims
+            for token in _HASH_TOKEN.findall(text.lower()):
+                digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
+                slot = int.from_bytes(digest[:4], "little") % dims
+                vector[slot] += 1.0 if digest[4] & 1 else -1.0
+            out.append(vector)
+        return out
+
+    return Embedder(embed, name=f"hashing-stand-in:{dims}", dims=dims)
+
+
+def set_torch_threads(threads: int | None) -> int | None:
+    """Set torch's intra-op threads (when torch is installed); returns the count in use."""
+    if find_spec("torch") is None:
+        return None
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return int(torch.get_num_threads())
+
+
+def local_embedder() -> tuple[Embedder | None, str | None]:
+    """The local all-MiniLM-L6-v2 embedder, loaded offline, or (None, why not)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        return make_embedder("sentence-transformers"), None
+    except ConfigError as exc:
+        return None, str(exc)
+
+
+class VectorCache:
+    """Embeds each distinct text once per process, through another embedder.
+
+    Several retrievers, a benchmark peer and several budgets then share one embedding
+    of each text (the vectors are the wrapped embedder's own). `seconds` and
+    `embedded` count the real embedding work.
+    """
+
+    def __init__(self, base: Embedder, batch: int = 256) -> None:
+        self.base = base
+        self.batch = batch
+        self.vectors: dict[str, list[float]] = {}
+        self.seconds = 0.0
+        self.embedded = 0
+        self.embedder = Embedder(self.embed, name=f"{base.name} (cached)", dims=base.dims)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        for start in range(0, len(missing), self.batch):
+            chunk = missing[start : start + self.batch]
+            began = time.perf_counter()
+            vectors = self.base.embed_documents(chunk)
+            self.seconds += time.perf_counter() - began
+            self.embedded += len(chunk)
+            self.vectors.update(zip(chunk, vectors, strict=True))
+        return [self.vectors[t] for t in texts]
