@@ -1,11 +1,13 @@
 """The retrieve node: bring the long-term memories this turn needs into the frame.
 
 It queries the store (hybrid BM25 + dense retrieval, `llmctx.runtime.HybridRetriever`)
-with the latest user message, plus the turn before it as the focus, under the
-template's namespaces for the run's user. Hits are rendered with their date, counted
-exactly, and kept while they fit the supporting tier's room for memories (what the
-summaries leave); memories of messages the window already shows are skipped. The ids
-and scores go into the frame (`memories`), where the budget node places them.
+with the latest user message (plus, for a short follow-up question, the turn before it
+as the focus), under the template's namespaces for the run's user. The template's `k`
+best hits above `min_score` always qualify; further hits fill the rest of the memory
+room (the supporting tier minus the summaries) while they score at least `min_score`
+of the best one. Hits are rendered with their date and counted exactly; memories of
+messages the window already shows are skipped. The ids and scores go into the frame
+(`memories`), where the budget node places them.
 
 Without a store, or with retrieval disabled by the template, it does nothing.
 """
@@ -34,6 +36,12 @@ __all__ = ["MEMORY_ITEM_PREFIX", "retrieve", "retrieve_memories"]
 MEMORY_ITEM_PREFIX = "llmctx:memory:"
 
 _FOCUS_CHARS = 400
+
+_SHORT_QUERY_WORDS = 8
+"""Shorter questions are follow-ups: the turn before them joins the query as focus."""
+
+_FILL_CANDIDATES = 32
+"""Hits fetched per namespace to fill the memory room (the template's k at least)."""
 
 
 def retrieve(state: ContextState, runtime: Runtime[ContextConfig]) -> dict[str, Any]:
@@ -68,14 +76,23 @@ def retrieve_memories(
     query = message_text(messages[query_at])
     if not query:
         return []
-    focus = " ".join(
-        message_text(m)
-        for m in messages[max(0, query_at - 2) : query_at]
-        if not isinstance(m, ToolMessage | SystemMessage)
-    )[-_FOCUS_CHARS:]
+    focus = ""
+    if len(query.split()) < _SHORT_QUERY_WORDS:  # a follow-up: "and her sister?"
+        focus = " ".join(
+            message_text(m)
+            for m in messages[max(0, query_at - 2) : query_at]
+            if not isinstance(m, ToolMessage | SystemMessage)
+        )[-_FOCUS_CHARS:]
     retriever = retriever_for(store, embedder_for(deps.settings, embedder or deps.embedder))
+    # Only what is sure to be shown again is excluded: pins, the recent turns, and
+    # the messages new this turn. The cache tier is re-chosen every turn, so its
+    # turns stay eligible as memories.
     known = int(frame.get("history_messages", 0))
-    shown = {it["id"] for it in frame.get("window", []) if it["kind"] == "message"}
+    shown = {
+        it["id"]
+        for it in frame.get("window", [])
+        if it["kind"] == "message" and it["tier"] in ("critical", "important")
+    }
     shown.update(str(m.id) for m in messages[min(known, len(messages)) :])
     hits = []
     for domain in policy.namespaces:
@@ -83,13 +100,20 @@ def retrieve_memories(
             retriever.search(
                 memory_namespace(user_id, domain),
                 query,
-                k=policy.k,
+                k=max(policy.k, _FILL_CANDIDATES),
                 focus=focus or None,
                 exclude_ids=shown,
-                min_score=policy.min_score,
             )
         )
     hits.sort(key=lambda h: (-h.score, h.key))
+    # The template's k best always qualify (above `min_score`); after them, hits keep
+    # filling the room while they score at least `min_score` of the best one.
+    top = hits[0].score if hits else 0.0
+    hits = [
+        h
+        for rank, h in enumerate(hits)
+        if (h.score >= policy.min_score if rank < policy.k else h.score >= policy.min_score * top)
+    ]
     room = _memory_room(frame, deps)
     out: list[Memory] = []
     seen: set[str] = set()
