@@ -12,7 +12,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-from llmctx.nodes.state import Frame, PrunedItem, TierReport, WindowItem
+from llmctx.nodes.state import PrunedItem, TierReport, WindowItem
 from llmctx.runtime.tokens import TokenCounter
 
 TIERS = ("critical", "important", "supporting", "cache")
@@ -184,7 +184,3 @@ def left_for_good(items: Iterable[PrunedItem], window: Iterable[WindowItem]) -> 
             seen.add(item["id"])
             out.append(item)
     return out
-
-
-def window_total(frame: Frame, fixed: int) -> int:
-    return fixed + sum(item["tokens"] for item in frame.get("window", []))

@@ -102,12 +102,15 @@ def prune_window(
         floor = int(horizon["floor"])  # the budget node's, for this very history
     else:
         floor = horizon_floor(messages, counts, budget)
-    index = {str(messages[i].id): i for i in range(floor, len(messages))}
+    # One validated link index per turn: its id map locates the window's messages and
+    # its postings serve the hop search below.
+    links = _index_for(messages, floor) if messages else None
+    index: dict[str, int] = links.by_id if links is not None else {}
     window = list(frame.get("window", []))
     # Pins (and a long truncated message) may sit below the horizon.
     for item in window:
         if item["kind"] == "message" and item["id"] not in index:
-            index.update({str(m.id): i for i, m in enumerate(messages)})
+            index = {str(m.id): i for i, m in enumerate(messages)}
             break
 
     kept_tools = _newest_tool_outputs(messages, floor, policy.keep_tool_outputs)
@@ -172,7 +175,11 @@ def prune_window(
 
     # 3 and 4. Re-select the cache tier by distance from the focus and the strategy.
     focus = _focus_index(messages)
-    distances = hop_distances(messages, floor, focus, policy.max_hops) if focus is not None else {}
+    distances = (
+        hop_distances(messages, floor, focus, policy.max_hops, index=links)
+        if focus is not None
+        else {}
+    )
     head = [it for it in window if it["kind"] == "system"]
     supporting = [it for it in window if it["kind"] in ("summary", "memory")]
     fixed_tokens = deps.tools_tokens + REPLY_PRIMING
@@ -300,7 +307,12 @@ def _stem(word: str) -> str:
 
 
 def hop_distances(
-    messages: Sequence[BaseMessage], floor: int, focus: int, max_hops: int
+    messages: Sequence[BaseMessage],
+    floor: int,
+    focus: int,
+    max_hops: int,
+    *,
+    index: _LinkIndex | None = None,
 ) -> dict[int, int]:
     """Breadth-first hop counts from `focus` over `messages[floor:]`, up to `max_hops`.
 
@@ -316,7 +328,8 @@ def hop_distances(
     n = len(messages)
     if not floor <= focus < n:
         return {}
-    index = _index_for(messages, floor)
+    if index is None:
+        index = _index_for(messages, floor)
     cap = max(2, (n - floor) // 20)
     postings, ents, links = index.postings, index.ents, index.links
     distances = {focus: 0}

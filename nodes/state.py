@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal, NotRequired, TypedDict
 from langchain_core.messages import AnyMessage, BaseMessage, SystemMessage
 from langgraph.graph.message import add_messages
 
+from llmctx.runtime.errors import ConfigError
+
 __all__ = [
     "ContextConfig",
     "ContextState",
@@ -247,13 +249,14 @@ class ContextConfig:
 
     @classmethod
     def coerce(cls, value: ContextConfig | dict[str, Any] | None) -> ContextConfig | None:
-        """Accept the dataclass, a plain dict of its fields, or `None`."""
+        """Accept the dataclass, a plain dict of its fields, or `None`; anything else
+        (or an unknown field) is a `ConfigError`."""
         if value is None or isinstance(value, ContextConfig):
             return value
         if isinstance(value, dict):
             unknown = set(value) - set(cls.__dataclass_fields__)
             if unknown:
-                raise TypeError(
+                raise ConfigError(
                     f"unknown ContextConfig field(s) {sorted(unknown)}; "
                     f"expected {sorted(cls.__dataclass_fields__)}"
                 )
@@ -261,7 +264,10 @@ class ContextConfig:
             if "tools" in data:
                 data["tools"] = tuple(data["tools"])
             return cls(**data)
-        raise TypeError(f"expected ContextConfig or dict, got {type(value).__name__}")
+        raise ConfigError(
+            f"the run context must be a ContextConfig or a dict of its fields, "
+            f"got {type(value).__name__}"
+        )
 
 
 def window_messages(state: ContextState | dict[str, Any]) -> list[BaseMessage]:

@@ -214,3 +214,12 @@ def test_versions_flag_exact_counts(tmp_path: Path) -> None:
         (version,) = history(saver, "v")
     assert version.tokens_exact is True and version.to_dict()["tokens_exact"] is True
     assert history(InMemorySaver(), "missing") == []
+
+
+def test_a_bad_run_context_is_a_config_error() -> None:
+    from llmctx.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown ContextConfig field"):
+        ContextConfig.coerce({"budgett": 10})
+    with pytest.raises(ConfigError, match="must be a ContextConfig"):
+        ContextConfig.coerce(42)  # type: ignore[arg-type]
