@@ -8,12 +8,17 @@ marker, never dropped silently) in one place.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import BaseMessage, ToolMessage
 
-from llmctx.nodes.state import PrunedItem, TierReport, WindowItem
 from llmctx.runtime.tokens import TokenCounter
+from llmctx.runtime.toolpairs import calls_of, results_after_calls
+
+__all__ = ["calls_of", "results_after_calls"]  # re-exported for the nodes
+
+if TYPE_CHECKING:  # annotations only: `nodes.state` imports this module at runtime
+    from llmctx.nodes.state import Frame, PrunedItem, TierReport, WindowItem
 
 TIERS = ("critical", "important", "supporting", "cache")
 """The tiers, in the order they are filled; unused space flows down this order."""
@@ -41,13 +46,6 @@ class LazyCounts:
         if count is None:
             count = self._done[index] = self._counter.count_message(self._messages[index])
         return count
-
-
-def calls_of(message: BaseMessage) -> list[str]:
-    """The tool-call ids of an AI message (empty for every other message)."""
-    if isinstance(message, AIMessage) and message.tool_calls:
-        return [str(call.get("id")) for call in message.tool_calls]
-    return []
 
 
 def in_tool_unit(message: BaseMessage) -> bool:
@@ -184,3 +182,27 @@ def left_for_good(items: Iterable[PrunedItem], window: Iterable[WindowItem]) -> 
             seen.add(item["id"])
             out.append(item)
     return out
+
+
+def merged_pruned(stages: Iterable[Frame], final: Frame) -> list[PrunedItem]:
+    """One operation's `pruned` for a chain of stages that ends in `final`.
+
+    Each stage (assemble, prune, summarize's rebuild) lists only what it removed
+    itself, so a chain run as one operation must gather every stage's list, or an
+    eviction by an earlier stage goes unreported once a later stage changes the
+    frame. An id a later stage took back verbatim is dropped; oversized reports are
+    re-derived against `final`'s window.
+    """
+    shown = {it["id"]: it for it in final.get("window", []) if it["kind"] == "message"}
+    seen: set[str] = set()
+    out: list[PrunedItem] = []
+    for stage in stages:
+        for item in stage.get("pruned", []):
+            mid = item["id"]
+            if item["reason"].startswith("oversized ("):
+                continue  # re-derived below, against the final window
+            back = mid in shown and "content" not in shown[mid]  # a later stage re-took it
+            if mid not in seen and not back:
+                seen.add(mid)
+                out.append(item)
+    return with_oversized(out, final.get("oversized", []), final.get("window", []))

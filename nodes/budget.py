@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langgraph.runtime import Runtime
 
 from llmctx.nodes._deps import NodeDeps, resolve_deps
@@ -657,8 +657,8 @@ def _tool_units(messages: Sequence[BaseMessage]) -> dict[int, list[int]]:
     units: dict[int, list[int]] = {}
     claimed: set[int] = set()
     for i, m in enumerate(messages):
-        if isinstance(m, AIMessage) and m.tool_calls:
-            ids = [str(c.get("id")) for c in m.tool_calls]
+        ids = calls_of(m)
+        if ids:
             found = [results[c] for c in ids if c in results]
             unit = [i, *found] if len(found) == len(ids) else []
             for j in [i, *found]:

@@ -43,6 +43,7 @@ from llmctx.nodes._window import (
     LazyCounts,
     calls_of,
     left_for_good,
+    merged_pruned,
     message_item,
     tier_reports,
     units_between,
@@ -68,15 +69,19 @@ def prune(state: ContextState, runtime: Runtime[ContextConfig]) -> dict[str, Any
     """LangGraph node: apply the pruning policy to the frame built by the budget node.
 
     Returns `{"context": frame}` when the window changed, and nothing otherwise (so
-    a no-op does not make a new version).
+    a no-op does not make a new version). A frame built for another history is
+    rebuilt first, and then always written, with both stages' removals in `pruned`.
     """
     deps = resolve_deps(runtime.context if runtime is not None else None)
     messages = state["messages"]
     frame = state.get("context")
-    if not frame or frame.get("history_tail") != (str(messages[-1].id) if messages else ""):
+    stale = not frame or frame.get("history_tail") != (str(messages[-1].id) if messages else "")
+    if stale:
         frame = assemble_window(messages, deps, frame)
     version = _version_of(runtime)
     pruned = prune_window(messages, deps, frame, version=version)
+    if stale:
+        return {"context": {**pruned, "pruned": merged_pruned([frame, pruned], pruned)}}
     return {} if pruned is frame else {"context": pruned}
 
 
@@ -107,9 +112,15 @@ def prune_window(
     links = _index_for(messages, floor) if messages else None
     index: dict[str, int] = links.by_id if links is not None else {}
     window = list(frame.get("window", []))
-    # Pins (and a long truncated message) may sit below the horizon.
+    # Pins (and a long truncated message) may sit below the horizon, where the index
+    # may not reach, or (reused from another history with the same first message) was
+    # only verified from the horizon on: every hit is checked against the history.
+    n = len(messages)
     for item in window:
-        if item["kind"] == "message" and item["id"] not in index:
+        if item["kind"] != "message":
+            continue
+        i = index.get(item["id"], n)
+        if i >= n or str(messages[i].id) != item["id"]:
             index = {str(m.id): i for i, m in enumerate(messages)}
             break
 
@@ -357,7 +368,9 @@ class _LinkIndex:
     """Entities, postings and explicit links (tool pairs, reply-to) of one history.
 
     Positions are absolute indices into the history; `start` is the first indexed
-    position. Only appended messages are indexed on later turns.
+    position. Only appended messages are indexed on later turns. A reused index is
+    verified from the turn's horizon on (`matches`): below it, `by_id` may still hold
+    another history's positions, so a lookup there must be checked.
     """
 
     __slots__ = ("by_id", "calls", "ents", "links", "postings", "sigs", "size", "start")

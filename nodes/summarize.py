@@ -30,11 +30,17 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langgraph.runtime import Runtime
 
 from llmctx.nodes._deps import NodeDeps, resolve_deps
-from llmctx.nodes._window import LazyCounts, calls_of, left_for_good, with_oversized
+from llmctx.nodes._window import LazyCounts, calls_of, left_for_good, merged_pruned
 from llmctx.nodes.budget import assemble_window, pinned_indices, summary_content
 from llmctx.nodes.prune import prune_window
 from llmctx.nodes.state import ContextConfig, ContextState, Frame, PrunedItem, Summary
@@ -65,18 +71,23 @@ def summarize(state: ContextState, runtime: Runtime[ContextConfig]) -> dict[str,
     """LangGraph node: summarize when the template's trigger fires, else do nothing.
 
     Returns `{"context": frame}` after a compaction, and nothing otherwise (so the
-    common turn adds no version).
+    common turn adds no version). A frame built for another history is rebuilt
+    first, and then always written, with both stages' removals in `pruned`.
     """
     deps = resolve_deps(runtime.context if runtime is not None else None)
     messages = state["messages"]
     frame = state.get("context")
-    if not frame or frame.get("history_tail") != (str(messages[-1].id) if messages else ""):
+    stale = not frame or frame.get("history_tail") != (str(messages[-1].id) if messages else "")
+    if stale:
         frame = assemble_window(messages, deps, frame)
     if not needs_summary(frame, deps):
-        return {}
+        return {"context": frame} if stale else {}
     info = getattr(runtime, "execution_info", None)
     version = getattr(info, "checkpoint_id", None) or None
-    return {"context": summarize_window(messages, deps, frame, deps.summarizer, version=version)}
+    compacted = summarize_window(messages, deps, frame, deps.summarizer, version=version)
+    if stale:
+        compacted = {**compacted, "pruned": merged_pruned([frame, compacted], compacted)}
+    return {"context": compacted}
 
 
 def needs_summary(frame: Frame, deps: NodeDeps) -> bool:
@@ -207,15 +218,17 @@ def summarize_window(
         summaries = [_truncated_summary(summaries[0], room, deps)]
 
     compacted: Frame = {**frame, "summaries": summaries, "summarized": summarized}
-    rebuilt = assemble_window(messages, deps, compacted)
-    rebuilt = prune_window(messages, deps, rebuilt, version=version)
+    assembled = assemble_window(messages, deps, compacted, counts=counts)
+    rebuilt = prune_window(messages, deps, assembled, version=version, counts=counts)
     made_set = set(made)
     pruned: list[PrunedItem] = [
         {"id": s, "reason": "re-compressed into a higher-level summary"} for s in merged
     ]
-    pruned.extend(p for p in rebuilt.get("pruned", []) if p["id"] not in made_set)
+    # The rebuild is two stages: what either removed is this compaction's to report.
+    pruned.extend(
+        p for p in merged_pruned([assembled, rebuilt], rebuilt) if p["id"] not in made_set
+    )
     handoff.extend(rebuilt.get("handoff", []))
-    pruned = with_oversized(pruned, rebuilt.get("oversized", []), rebuilt["window"])
     new_count = len([m for m in made if m not in merged])
     return {
         **rebuilt,
@@ -318,9 +331,9 @@ def _render(message: BaseMessage) -> str:
         speaker = {"human": "User", "ai": "Assistant", "system": "System"}.get(
             message.type, message.type
         )
-    calls = calls_of(message)
-    if calls and isinstance(getattr(message, "tool_calls", None), list):
-        names = ", ".join(str(c.get("name")) for c in message.tool_calls)  # type: ignore[attr-defined]
+    if calls_of(message) and isinstance(message, AIMessage):
+        calls = [*message.tool_calls, *message.invalid_tool_calls]
+        names = ", ".join(str(c.get("name")) for c in calls)
         text = f"{text} (called {names})".strip()
     return f"{speaker}: {text}"
 

@@ -49,6 +49,7 @@ from llmctx.runtime.errors import (
 )
 from llmctx.runtime.retention import delete_checkpoints, thread_activity
 from llmctx.runtime.tags import TagStore, tag_store_for
+from llmctx.runtime.toolpairs import results_after_calls
 
 __all__ = [
     "PruneReport",
@@ -838,7 +839,7 @@ def _window(frame: Mapping[str, Any], history: list[BaseMessage], where: str) ->
             f"the window of checkpoint {where} refers to message(s) missing from its "
             f"history: {', '.join(missing[:5])}; the checkpoint is incomplete"
         )
-    return out
+    return results_after_calls(out)
 
 
 def _graph_saver(graph: Any) -> BaseCheckpointSaver:

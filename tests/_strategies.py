@@ -2,10 +2,11 @@
 
 `conversations()` draws histories with everything that breaks naive trimming:
 parallel tool calls answered out of order (sometimes with another message between
-the call and its results), orphan results, calls missing results, system messages at
-the start and in the middle, single messages far over the budget (human text and
-tool output), CJK, emoji, RTL and combining marks, empty content, names on messages
-and repeated content. `templates()` varies the pruning strategy, `keep_tool_outputs`,
+the call and its results), invalid tool calls answered by error results (opt-in),
+orphan results, calls missing results, system messages at the start and in the middle,
+single messages far over the budget (human text and tool output), CJK, emoji, RTL
+and combining marks, empty content, names on messages and repeated content.
+`templates()` varies the pruning strategy, `keep_tool_outputs`,
 `max_hops`, `dedupe`, the tier split, pins and a summarization trigger small enough
 to fire on these histories.
 
@@ -113,8 +114,14 @@ def _huge(draw: st.DrawFn, budget: int) -> str:
 
 
 @st.composite
-def histories(draw: st.DrawFn, budget: int, max_events: int = 14) -> list[BaseMessage]:
-    """A history with every shape listed in the module docstring; ids are unique."""
+def histories(
+    draw: st.DrawFn, budget: int, max_events: int = 14, invalid_calls: bool = False
+) -> list[BaseMessage]:
+    """A history with every shape listed in the module docstring; ids are unique.
+
+    Invalid tool calls are opt-in (`invalid_calls`): an oracle that pairs only
+    `tool_calls` would misjudge them (use `call_ids`).
+    """
     out: list[BaseMessage] = []
     counter = itertools.count()
 
@@ -161,7 +168,31 @@ def histories(draw: st.DrawFn, budget: int, max_events: int = 14) -> list[BaseMe
                 }
                 for j in range(k)
             ]
-            out.append(AIMessage(draw(TEXT), tool_calls=calls, id=nid("a"), name=name))
+            # Some calls may be invalid (unparsable arguments): sent as calls all the same,
+            # answered by an error result.
+            bad: set[int] = set()
+            if invalid_calls and draw(st.integers(0, 3)) == 0:
+                bad = draw(st.sets(st.integers(0, k - 1)))
+            invalid = [
+                {
+                    "name": calls[j]["name"],
+                    "args": '{"q": "' + str(calls[j]["args"]["q"]),
+                    "id": calls[j]["id"],
+                    "error": "arguments are not valid JSON",
+                    "type": "invalid_tool_call",
+                }
+                for j in sorted(bad)
+            ]
+            valid = [c for j, c in enumerate(calls) if j not in bad]
+            out.append(
+                AIMessage(
+                    draw(TEXT),
+                    tool_calls=valid,
+                    invalid_tool_calls=invalid,
+                    id=nid("a"),
+                    name=name,
+                )
+            )
             answered = k if kind in ("tools", "huge_tool") else draw(st.integers(0, k - 1))
             order = draw(st.permutations(range(k)))[:answered] if answered else []
             results: list[BaseMessage] = []
@@ -169,10 +200,11 @@ def histories(draw: st.DrawFn, budget: int, max_events: int = 14) -> list[BaseMe
                 content = _huge(draw, budget) if kind == "huge_tool" and n == 0 else draw(TEXT)
                 results.append(
                     ToolMessage(
-                        content,
+                        "Error: arguments are not valid JSON" if j in bad else content,
                         tool_call_id=calls[j]["id"],
                         id=f"t{base}_{j}",
                         name=calls[j]["name"],
+                        status="error" if j in bad else "success",
                     )
                 )
             split = draw(st.integers(0, len(results))) if draw(st.booleans()) else len(results)
@@ -189,10 +221,14 @@ def histories(draw: st.DrawFn, budget: int, max_events: int = 14) -> list[BaseMe
 
 @st.composite
 def conversations(
-    draw: st.DrawFn, min_budget: int = 60, max_budget: int = 900, max_events: int = 14
+    draw: st.DrawFn,
+    min_budget: int = 60,
+    max_budget: int = 900,
+    max_events: int = 14,
+    invalid_calls: bool = False,
 ) -> Conversation:
     budget = draw(st.integers(min_budget, max_budget))
-    messages = draw(histories(budget, max_events))
+    messages = draw(histories(budget, max_events, invalid_calls))
     ids = [str(m.id) for m in messages]
     pinned = draw(st.lists(st.sampled_from(ids), unique=True, max_size=2)) if ids else []
     return Conversation(messages, pinned, budget)
@@ -341,17 +377,31 @@ def summary_reach(messages: Sequence[BaseMessage], frame: Frame) -> set[str]:
     return reach
 
 
-def _check_tool_pairs(window: list[BaseMessage], where: str) -> None:
-    seen_calls: set[str] = set()
-    results = [m.tool_call_id for m in window if isinstance(m, ToolMessage)]
+def call_ids(message: BaseMessage) -> list[str]:
+    """The call ids a provider is sent for `message`: its tool calls and its invalid tool
+    calls that have an id (langchain-openai sends both as calls)."""
+    if not isinstance(message, AIMessage):
+        return []
+    ids = [str(c["id"]) for c in message.tool_calls]
+    return ids + [str(c["id"]) for c in message.invalid_tool_calls if c.get("id")]
+
+
+def check_prompt_pairs(prompt: Sequence[BaseMessage], where: str) -> None:
+    """The prompt's tool calls as providers accept them: each call has exactly one
+    result, and each result is preceded only by results back to the AI message that
+    issued its call."""
+    results = [m.tool_call_id for m in prompt if isinstance(m, ToolMessage)]
     assert len(results) == len(set(results)), f"{where}: a tool result appears twice"
-    for m in window:
-        if isinstance(m, AIMessage):
-            for call in m.tool_calls:
-                assert call["id"] in results, f"{where}: call {call['id']} lacks its result"
-                seen_calls.add(call["id"])
+    for k, m in enumerate(prompt):
+        for cid in call_ids(m):
+            assert cid in results, f"{where}: call {cid} lacks its result"
         if isinstance(m, ToolMessage):
-            assert m.tool_call_id in seen_calls, f"{where}: result {m.id} lacks an earlier call"
+            j = k - 1
+            while j >= 0 and isinstance(prompt[j], ToolMessage):
+                j -= 1
+            assert j >= 0 and m.tool_call_id in call_ids(prompt[j]), (
+                f"{where}: result {m.id} does not follow its call"
+            )
 
 
 def incomplete_units(messages: Sequence[BaseMessage]) -> set[str]:
@@ -363,8 +413,8 @@ def incomplete_units(messages: Sequence[BaseMessage]) -> set[str]:
     bad: set[str] = set()
     answered: set[str] = set()
     for m in messages:
-        if isinstance(m, AIMessage) and m.tool_calls:
-            ids = [c["id"] for c in m.tool_calls]
+        ids = call_ids(m)
+        if ids:
             answered.update(ids)
             if not all(c in results for c in ids):
                 bad.add(str(m.id))
@@ -420,11 +470,19 @@ def check_frame(
     counter = deps.counter
     window = window_messages({"messages": list(messages), "context": frame})
     items = frame["window"]
+    # The prompt is the window's items in order, but for tool results (moved up to
+    # their call): the same messages, the others in the same order.
+    assert sorted(str(m.id) for m in window) == sorted(it["id"] for it in items), where
+    sent = {str(m.id): m for m in window}
+    assert [str(m.id) for m in window if not isinstance(m, ToolMessage)] == [
+        it["id"] for it in items if not isinstance(sent[it["id"]], ToolMessage)
+    ], f"{where}: the prompt reorders more than tool results"
 
     # 1. Exact and within budget; the tier report adds up.
     assert frame["window_tokens"] == counter.count_messages(window) + deps.tools_tokens, where
     assert frame["window_tokens"] <= deps.budget, f"{where}: over budget"
-    for item, message in zip(items, window, strict=True):
+    for item in items:
+        message = sent[item["id"]]
         assert item["tokens"] == counter.count_message(message), f"{where}: {item['id']} miscounted"
     tiers = frame["tiers"]
     assert sum(t["used"] for t in tiers.values()) == frame["window_tokens"], where
@@ -437,8 +495,8 @@ def check_frame(
     ids = [it["id"] for it in items]
     assert len(ids) == len(set(ids)), f"{where}: an item appears twice"
 
-    # 2. Tool pairs are atomic.
-    _check_tool_pairs(window, where)
+    # 2. Tool pairs are atomic, and each result directly follows its call.
+    check_prompt_pairs(window, where)
 
     # 3. Pins: the system prompt first, then leading system messages, the latest user
     #    message (truncated only with a marker naming it) and pinned ids.
@@ -492,12 +550,7 @@ def check_frame(
             if not critical and str(messages[i].id) not in unsendable:
                 floor = max(floor, i)
                 break
-    calls = {
-        c["id"]: (i, str(m.id))
-        for i, m in enumerate(messages)
-        if isinstance(m, AIMessage)
-        for c in m.tool_calls
-    }
+    calls = {cid: (i, str(m.id)) for i, m in enumerate(messages) for cid in call_ids(m)}
     for i, m in enumerate(messages):
         mid = str(m.id)
         if counter.count_message(m) <= deps.budget or mid in shown:
@@ -586,16 +639,18 @@ def assert_same_frames(got: Sequence[Frame], want: Sequence[Frame], *, where: st
 
 def note_shapes(messages: Sequence[BaseMessage], budget: int, counter: TokenCounter) -> None:
     """Record which shapes an example has (see `--hypothesis-show-statistics`)."""
-    calls = [m for m in messages if isinstance(m, AIMessage) and m.tool_calls]
+    calls = [m for m in messages if call_ids(m)]
     results = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
-    asked = {c["id"] for m in calls for c in m.tool_calls}
-    if any(len(m.tool_calls) > 1 for m in calls):
+    asked = {cid for m in calls for cid in call_ids(m)}
+    if any(len(call_ids(m)) > 1 for m in calls):
         event("shape: parallel tool calls")
+    if any(m.invalid_tool_calls for m in calls if isinstance(m, AIMessage)):
+        event("shape: invalid tool calls")
     if results - asked:
         event("shape: orphan tool result")
     position = {str(m.id): i for i, m in enumerate(messages)}
     for m in calls:
-        ids = {c["id"] for c in m.tool_calls}
+        ids = set(call_ids(m))
         answers = [
             i
             for i, r in enumerate(messages)

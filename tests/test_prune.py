@@ -8,6 +8,7 @@ the cache tier has room for some candidates but not all.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from tests._strategies import (
     OFFLINE,
     base_deps,
     check_frame,
+    check_transition,
     forget_other_threads,
     make_deps,
     shown_ids,
@@ -262,6 +264,37 @@ def test_the_window_does_not_depend_on_other_threads() -> None:
     assert compress_frame(second, deps) == alone
 
 
+def test_a_pin_below_the_horizon_is_not_located_by_another_histories_index() -> None:
+    """Found by the pipeline property (a flaky failure: it depended on the example
+    before). Another thread with the same first message left a link index whose
+    id map put t1 before a1; reused (verified from the horizon on only), it
+    located the pinned unit below the horizon in the wrong order, so the prompt sent
+    t1 before its call."""
+    head = HumanMessage("start", id="z0")
+    a1 = AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "c1"}], id="a1")
+    t1 = ToolMessage("result one", tool_call_id="c1", id="t1", name="f")
+    other = [head, t1, a1, HumanMessage("q", id="q")]
+    history = [
+        head,
+        a1,
+        t1,
+        *_filler(80, "f"),
+        AIMessage("", tool_calls=[{"name": "g", "args": {}, "id": "c2"}], id="a2"),
+        ToolMessage("output two " * 20, tool_call_id="c2", id="t2", name="g"),
+        HumanMessage("more", id="q2"),
+    ]
+    deps = _deps(150, keep_tool_outputs=0)
+    alone = compress_frame(history, deps, {"pinned": ["t1"]})
+    # The module, not `llmctx.nodes.prune` the node function that shadows it.
+    importlib.import_module("llmctx.nodes.prune")._INDEXES.clear()
+    compress_frame(other, deps)  # the other thread, seen first
+    frame = compress_frame(history, deps, {"pinned": ["t1"]})
+    assert frame["horizon"]["floor"] > len(other)  # the pin is below the horizon
+    assert frame["last_op"]["op"] == "prune"  # the prune node rebuilt the window
+    check_frame(history, frame, deps, where="reused index")
+    assert frame == alone
+
+
 # -- distance from the focus and the strategies --------------------------------------------------
 
 
@@ -395,6 +428,33 @@ def test_the_prune_node_returns_nothing_when_nothing_changes() -> None:
     # Pruning a pruned frame changes nothing: no new version.
     assert prune({"messages": tools, "context": frame}, runtime) == {}
     assert prune_window(tools, deps, frame) is frame
+
+
+def test_the_prune_node_rebuilds_a_stale_frame_and_reports_both_stages() -> None:
+    """Without a budget node before it, the prune node assembles the window itself:
+    that frame is always written (never the stale one left in the state), and what
+    either stage removed is in `pruned`."""
+    tools = _tool_session()
+    deps = _deps(300, keep_tool_outputs=1)
+    runtime = _runtime(deps.template, 300)
+    old = assemble_window(tools[:6], deps)
+    assert _ids(old) == ["h0", "a0", "t0", "h1", "a1", "t1"]
+    frame = prune({"messages": tools, "context": old}, runtime)["context"]
+    assert frame["history_messages"] == len(tools)
+    assert "h2" in _ids(frame) and "h2" not in _ids(assemble_window(tools, deps, old))  # pruned
+    check_frame(tools, frame, deps, where="stale")
+    check_transition(tools, old, frame, where="stale")
+    # The assemble stage evicted these; the prune stage changed the window after it.
+    assert {m: _reasons(frame).get(m) for m in ("h0", "a0", "t0")} == dict.fromkeys(
+        ("h0", "a0", "t0"), "out of budget (recency)"
+    )
+
+    # A stale frame is replaced even when the pruning policy changes nothing.
+    chat = _filler(8, "n")
+    deps = _deps(2_000)
+    runtime = _runtime(deps.template, 2_000)
+    update = prune({"messages": chat, "context": assemble_window(chat[:4], deps)}, runtime)
+    assert update["context"] == assemble_window(chat, deps, assemble_window(chat[:4], deps))
 
 
 @pytest.mark.parametrize("strategy", ["recency", "lru", "priority"])

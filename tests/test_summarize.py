@@ -49,6 +49,7 @@ from llmctx.templates.schema import PinPolicy, SummarizationPolicy
 from tests._strategies import (
     OFFLINE,
     base_deps,
+    call_ids,
     check_frame,
     check_transition,
     forget_other_threads,
@@ -357,12 +358,20 @@ def test_summarized_ids_are_handed_off() -> None:
     assert history == [*_turns(20), HumanMessage("and now?", id="q")]  # history untouched
 
 
-def _tool_history(interleaved: bool) -> list[BaseMessage]:
+def _tool_history(interleaved: bool, invalid: bool = False) -> list[BaseMessage]:
+    """Turns with three parallel calls answered out of order; with `invalid`, the
+    second call's arguments did not parse (an invalid tool call, answered by an error)."""
     out: list[BaseMessage] = []
     for i in range(12):
         out.append(HumanMessage(f"msg-{i:05d} look up item {i} for Caroline", id=f"h{i}"))
         calls = [{"name": "lookup", "args": {"i": i, "k": k}, "id": f"c{i}_{k}"} for k in range(3)]
-        out.append(AIMessage("", tool_calls=calls, id=f"a{i}"))
+        bad = [
+            {"name": "lookup", "args": "{'i", "id": c["id"], "error": "not valid JSON"}
+            for c in calls[1:2]
+            if invalid
+        ]
+        valid = [c for c in calls if c["id"] not in {b["id"] for b in bad}]
+        out.append(AIMessage("", tool_calls=valid, invalid_tool_calls=bad, id=f"a{i}"))
         results = [
             ToolMessage(f"item {i}.{k}: " + "data " * 20, tool_call_id=f"c{i}_{k}", id=f"t{i}_{k}")
             for k in (2, 0, 1)  # answered out of order
@@ -379,7 +388,7 @@ def _tool_history(interleaved: bool) -> list[BaseMessage]:
 def _split_units(history: list[BaseMessage], lo: int, hi: int) -> list[str]:
     """Tool units with members both inside and outside `history[lo:hi + 1]`."""
     inside = {str(m.id) for m in history[lo : hi + 1]}
-    calls = {c["id"]: str(m.id) for m in history if isinstance(m, AIMessage) for c in m.tool_calls}
+    calls = {cid: str(m.id) for m in history for cid in call_ids(m)}
     split = []
     for m in history:
         if isinstance(m, ToolMessage):
@@ -406,11 +415,14 @@ def test_chunks_never_split_a_tool_unit(chunk_unit: str) -> None:
         assert not _split_units(history, 0, frame["summarized"]["count"] - 1)
 
 
-def test_chunks_never_split_an_interleaved_tool_unit() -> None:
-    history = _tool_history(interleaved=True)
+@pytest.mark.parametrize("invalid", [False, True])
+def test_chunks_never_split_an_interleaved_tool_unit(invalid: bool) -> None:
+    history = _tool_history(interleaved=True, invalid=invalid)
     deps = _deps(900, trigger_tokens=200, target_tokens=50, chunk_size=2)
     frame = compress_frame(history, deps)
+    check_frame(history, frame, deps, where="interleaved")
     pos = {str(m.id): i for i, m in enumerate(history)}
+    assert frame["summaries"]
     for summary in frame["summaries"]:
         lo, hi = pos[summary["span"]["first"]], pos[summary["span"]["last"]]
         assert not _split_units(history, lo, hi), summary["span"]
