@@ -15,12 +15,28 @@ from llmctx.nodes.state import (
     Memory,
     PrunedItem,
     Summary,
+    SwitchLog,
+    SwitchRecord,
+    SwitchRequest,
     TierReport,
     WindowItem,
     merge_preserved,
     window_messages,
 )
 from llmctx.nodes.summarize import needs_summary, summarize, summarize_window
+from llmctx.nodes.switch import (
+    SwitchPolicy,
+    SwitchResult,
+    SwitchStats,
+    SwitchStrategy,
+    switch,
+    switch_command,
+    switch_context_tool,
+    switch_frame,
+    switch_stats,
+    with_active_template,
+)
+from llmctx.nodes.triggers import trigger_scores
 
 __all__ = [
     "DEFAULT_USER",
@@ -32,6 +48,13 @@ __all__ = [
     "Memory",
     "PrunedItem",
     "Summary",
+    "SwitchLog",
+    "SwitchPolicy",
+    "SwitchRecord",
+    "SwitchRequest",
+    "SwitchResult",
+    "SwitchStats",
+    "SwitchStrategy",
     "TierReport",
     "ToolScheduler",
     "WindowItem",
@@ -52,5 +75,12 @@ __all__ = [
     "retrieve_memories",
     "summarize",
     "summarize_window",
+    "switch",
+    "switch_command",
+    "switch_context_tool",
+    "switch_frame",
+    "switch_stats",
+    "trigger_scores",
     "window_messages",
+    "with_active_template",
 ]

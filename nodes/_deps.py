@@ -20,7 +20,7 @@ from llmctx.runtime.summarizer import ExtractiveSummarizer, Summarizer, make_sum
 from llmctx.runtime.tokens import TokenCounter
 from llmctx.templates import Template, TemplateRegistry
 
-__all__ = ["NodeDeps", "resolve_deps"]
+__all__ = ["NodeDeps", "resolve_deps", "run_settings", "template_for", "template_registry"]
 
 
 @dataclass(frozen=True)
@@ -77,18 +77,55 @@ def _tools_tokens(counter: TokenCounter, tools: tuple[Any, ...]) -> int:
     return count
 
 
-def resolve_deps(context: ContextConfig | None, settings: Settings | None = None) -> NodeDeps:
+def run_settings(context: ContextConfig | None, settings: Settings | None = None) -> Settings:
+    """The settings a run uses: `settings`, else the run's, else `Settings.load()` (once)."""
+    return settings or (context.settings if context is not None else None) or _default_settings()
+
+
+def template_registry(
+    context: ContextConfig | None, settings: Settings | None = None
+) -> TemplateRegistry:
+    """The registry of the run's workspace (`<workspace>/templates` over the packaged
+    templates), shared per process."""
+    settings = run_settings(context, settings)
+    workspace = Path(context.workspace) if context is not None and context.workspace else None
+    return _registry((workspace or settings.workspace).resolve() / "templates")
+
+
+def template_for(
+    name: str, context: ContextConfig | None, settings: Settings | None = None
+) -> Template:
+    """The template `name`: the run's own `Template` object of that name (its `template`
+    or `default_template`) if it has one, else the registry's."""
+    if context is not None:
+        for candidate in (context.template, context.default_template):
+            if isinstance(candidate, Template) and candidate.name == name:
+                return candidate
+    return template_registry(context, settings).get(name)
+
+
+def resolve_deps(
+    context: ContextConfig | None,
+    settings: Settings | None = None,
+    *,
+    template: Template | str | None = None,
+) -> NodeDeps:
     """Merge the run's `ContextConfig` over the settings and load the template.
 
-    The budget is `context.budget` when given, otherwise the template's (or the
-    settings') context window minus its output reserve.
+    The template is `template` when given (the switch stage passes the thread's
+    active one), else the run's `template`, its `default_template`, then
+    `Settings.default_template`. The budget is `context.budget` when given,
+    otherwise the template's (or the settings') context window minus its output
+    reserve.
     """
     ctx = context or ContextConfig()
-    settings = settings or ctx.settings or _default_settings()
-    workspace = Path(ctx.workspace) if ctx.workspace else settings.workspace
-    template = ctx.template if ctx.template is not None else settings.default_template
+    settings = run_settings(ctx, settings)
+    if template is None:
+        template = ctx.template if ctx.template is not None else ctx.default_template
+    if template is None:
+        template = settings.default_template
     if isinstance(template, str):
-        template = _registry(workspace.resolve() / "templates").get(template)
+        template = template_for(template, ctx, settings)
     counter = _counter(ctx.model or settings.model, settings.tokenizer)
     if ctx.budget is not None:
         budget = ctx.budget

@@ -1,10 +1,10 @@
-"""The whole context pipeline as one node: retrieve, budget, prune, summarize if due.
+"""The whole context pipeline as one node: switch, retrieve, budget, prune, summarize.
 
 Run as one node, a turn's context change is one step, so a thread gets one version
-per turn (whose `last_op` names the strongest operation that ran) instead of one
-per operation. That keeps the version store small and makes "the version before a
-compaction" simply the previous turn. The three nodes stay available on their own
-for graphs that want a checkpoint after each.
+per turn (whose `last_op` names the strongest operation that ran: `switch` when the
+template changed) instead of one per operation. That keeps the version store small
+and makes "the version before a compaction" (or a switch) simply the previous turn.
+The nodes stay available on their own for graphs that want a checkpoint after each.
 
 Example:
     >>> builder.add_node("context", compress)  # in your own StateGraph
@@ -18,33 +18,45 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 
-from llmctx.nodes._deps import NodeDeps, resolve_deps
-from llmctx.nodes._window import LazyCounts, left_for_good, with_oversized
+from llmctx.nodes._deps import NodeDeps
+from llmctx.nodes._window import LazyCounts, left_for_good, merged_pruned
 from llmctx.nodes.budget import assemble_window
 from llmctx.nodes.prune import prune_window
 from llmctx.nodes.retrieve import retrieve_memories
-from llmctx.nodes.state import ContextConfig, ContextState, Frame, PrunedItem
+from llmctx.nodes.state import ContextConfig, ContextState, Frame
 from llmctx.nodes.summarize import needs_summary, summarize_window
+from llmctx.nodes.switch import finish_switch, plan_switch
 
 __all__ = ["compress", "compress_frame"]
 
 
 def compress(state: ContextState, runtime: Runtime[ContextConfig]) -> dict[str, Any]:
-    """LangGraph node: the frame for this turn, after retrieve (when the graph has a
-    store), budget, prune and summarize."""
-    context = runtime.context if runtime is not None else None
-    deps = resolve_deps(context)
+    """LangGraph node: the frame for this turn, after switch (a pending request, the
+    run's template or the classifier), retrieve (when the graph has a store), budget,
+    prune and summarize.
+
+    Besides `context` it may write `preserved` and `switches` (on a switch) and clear
+    a consumed `switch` request. The template precedence is in `llmctx.nodes.switch`.
+    """
+    context = ContextConfig.coerce(runtime.context) if runtime is not None else None
+    plan = plan_switch(state, context)
+    if plan.exact:  # switched back with nothing new: the preserved frame, exactly
+        return finish_switch(plan.start, plan)
+    deps = plan.deps
     info = getattr(runtime, "execution_info", None)
     version = getattr(info, "checkpoint_id", None) or None
-    previous = state.get("context") or {}
+    previous = plan.start
     store = getattr(runtime, "store", None)
     if store is not None and deps.template.retrieval.enabled:
-        config = ContextConfig.coerce(context) if context is not None else None
         memories = retrieve_memories(
-            state["messages"], deps, previous, store, user_id=getattr(config, "user_id", None)
+            state["messages"], deps, previous, store, user_id=getattr(context, "user_id", None)
         )
+        if plan.carried:  # `preserving`: the old domain's memories stay, after the new
+            ids = {m["id"] for m in memories}
+            memories = [*memories, *(m for m in plan.carried if m["id"] not in ids)]
         previous = {**previous, "memories": memories}
-    return {"context": compress_frame(state["messages"], deps, previous, version=version)}
+    frame = compress_frame(state["messages"], deps, previous, version=version)
+    return finish_switch(frame, plan)
 
 
 def compress_frame(
@@ -70,26 +82,14 @@ def compress_frame(
         return assembled
     stages = [assembled, pruned, final]
     before = {it["id"] for it in previous.get("window", []) if it["kind"] == "message"}
-    shown = {it["id"]: it for it in final.get("window", []) if it["kind"] == "message"}
-    after = set(shown)
-    removed: list[PrunedItem] = []
-    seen: set[str] = set()
-    for stage in stages:
-        for item in stage.get("pruned", []):
-            mid = item["id"]
-            back = mid in shown and "content" not in shown[mid]  # a later stage re-took it
-            if item["reason"].startswith("oversized ("):
-                continue  # re-derived below, against the final window
-            if mid not in seen and not back:
-                seen.add(mid)
-                removed.append(item)
+    after = {it["id"] for it in final.get("window", []) if it["kind"] == "message"}
     handoff = left_for_good(
         [h for stage in stages for h in stage.get("handoff", [])], final["window"]
     )
     op = final["last_op"]
     return {
         **final,
-        "pruned": with_oversized(removed, final.get("oversized", []), final["window"]),
+        "pruned": merged_pruned(stages, final),
         "handoff": handoff,
         "last_op": {
             **op,

