@@ -20,9 +20,10 @@ This module is pure (no LangGraph): `llmctx.nodes.schedule` executes the plan.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NotRequired, TypedDict
 
@@ -199,20 +200,23 @@ def substitute(args: Any, results: Mapping[str, Any], key_to_id: Mapping[str, st
 
 @dataclass
 class CallSpec:
-    """One tool call of the plan: position, id, tool name, raw args and dependency ids."""
+    """One tool call of the plan: position, id, tool name, raw args, the ids of the calls
+    it depends on, their positions (`dep_indexes`) and its level (0 = no dependencies)."""
 
     index: int
     id: str
     name: str
     args: dict[str, Any]
     deps: tuple[str, ...] = ()
+    dep_indexes: tuple[int, ...] = ()
+    level: int = 0
 
 
 @dataclass
 class Plan:
     """A validated DAG of tool calls: `calls` in message order, `order` a deterministic
-    topological order (indexes), `key_to_id` the reference keys, `levels` the depth of
-    each call (0 = no dependencies)."""
+    topological order (indexes; by level, deepest chains first), `key_to_id` the
+    reference keys, `levels` the depth of each call (0 = no dependencies)."""
 
     calls: list[CallSpec]
     order: list[int]
@@ -222,6 +226,11 @@ class Plan:
     @property
     def by_id(self) -> dict[str, CallSpec]:
         return {c.id: c for c in self.calls}
+
+    @property
+    def referenced(self) -> frozenset[int]:
+        """Positions of the calls whose result another call uses."""
+        return frozenset(d for c in self.calls for d in c.dep_indexes)
 
     @property
     def depth(self) -> int:
@@ -256,22 +265,20 @@ class PlanRecord(TypedDict):
     valid: bool
 
 
-def _key_map(calls: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
+def _key_map(calls: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], set[str]]:
     key_to_id: dict[str, str] = {}
-    problems: dict[str, str] = {}
-    seen: set[str] = set()
+    dups: set[str] = set()
     for call in calls:
         cid = call["id"]
-        if cid in seen:
-            problems[cid] = "duplicate tool-call id; give every call a unique id"
-        seen.add(cid)
+        if cid in key_to_id:
+            dups.add(cid)
         key_to_id.setdefault(cid, cid)
     labelled = any(re.fullmatch(r"var\d+", c["id"]) for c in calls)
     for pos, call in enumerate(calls, start=1):
         key_to_id.setdefault(str(pos), call["id"])
         if not labelled:  # `varN` means the N-th call unless ids are NESTFUL labels
             key_to_id.setdefault(f"var{pos}", call["id"])
-    return key_to_id, problems
+    return key_to_id, dups
 
 
 def build_plan(
@@ -279,14 +286,20 @@ def build_plan(
 ) -> Plan:
     """Validate `calls` (dicts with id, name, args) and return their `Plan`.
 
-    Raises `PlanValidationError` listing every affected call: unknown tool, reference to
-    a missing call, self-reference, cycle, duplicate id. Pure and O(calls + references).
+    Raises `PlanValidationError` listing every affected call: unknown tool (only when
+    `tool_names` is given), reference to a missing call, self-reference, cycle, reference
+    to an id that several calls share. Duplicate ids nobody refers to are allowed (the
+    calls are independent, as `ToolNode` runs them). Pure and O(calls + references).
     """
     calls = [
         {"id": str(c.get("id") or f"call_{i}"), "name": c["name"], "args": c.get("args") or {}}
         for i, c in enumerate(calls, start=1)
     ]
-    key_to_id, problems = _key_map(calls)
+    key_to_id, dups = _key_map(calls)
+    first: dict[str, int] = {}
+    for i, call in enumerate(calls):
+        first.setdefault(call["id"], i)
+    problems: dict[str, str] = {}
     known = set(tool_names) if tool_names is not None else None
     specs: list[CallSpec] = []
     for i, call in enumerate(calls):
@@ -301,11 +314,17 @@ def build_plan(
                 why.append(f"refers to missing call {key!r}; refer to an id in this message")
             elif target == cid:
                 why.append("refers to itself; a call cannot use its own result")
+            elif target in dups:
+                why.append(
+                    f"refers to call id {target!r}, which several calls share; give every "
+                    "call a unique id"
+                )
             elif target not in deps:
                 deps.append(target)
         if why:
             problems.setdefault(cid, "; ".join(why))
-        specs.append(CallSpec(i, cid, call["name"], dict(call["args"]), tuple(deps)))
+        idx = tuple(first[d] for d in deps)
+        specs.append(CallSpec(i, cid, call["name"], dict(call["args"]), tuple(deps), idx))
     order, levels, cyclic = _toposort(specs)
     for cid in cyclic:
         if cid not in problems:
@@ -316,28 +335,49 @@ def build_plan(
 
 
 def _toposort(specs: list[CallSpec]) -> tuple[list[int], dict[str, int], list[str]]:
-    index = {s.id: s.index for s in specs}
-    indeg = {s.id: len([d for d in s.deps if d in index]) for s in specs}
-    children: dict[str, list[str]] = {s.id: [] for s in specs}
+    """A deterministic topological order: by level, and within a level the deepest
+    chains first.
+
+    Kahn's algorithm twice: once by position, to find levels (set on each spec) and the
+    calls left in cycles; then by (level, -height, position), where the height counts
+    the calls on the longest chain from a call down. Every call that can start at once
+    is issued before any call that must wait, and among them the one that starts the
+    longest chain goes first. Returns the order, levels by id and cyclic ids.
+    """
+    n = len(specs)
+    children: list[list[int]] = [[] for _ in specs]
     for s in specs:
-        for d in s.deps:
-            if d in children:
-                children[d].append(s.id)
-    ready = sorted((index[c] for c, n in indeg.items() if n == 0))
-    order: list[int] = []
+        for d in s.dep_indexes:
+            children[d].append(s.index)
+
+    def kahn(key: Callable[[int], Any]) -> list[int]:
+        indeg = [len(s.dep_indexes) for s in specs]
+        ready = [(key(i), i) for i in range(n) if indeg[i] == 0]
+        heapq.heapify(ready)
+        order: list[int] = []
+        while ready:
+            _, i = heapq.heappop(ready)
+            order.append(i)
+            for ch in children[i]:
+                indeg[ch] -= 1
+                if indeg[ch] == 0:
+                    heapq.heappush(ready, (key(ch), ch))
+        return order
+
+    by_position = kahn(lambda i: i)
     levels: dict[str, int] = {}
-    while ready:
-        i = ready.pop(0)
+    for i in by_position:
         s = specs[i]
-        order.append(i)
-        levels[s.id] = 1 + max((levels[d] for d in s.deps if d in levels), default=-1)
-        for ch in children[s.id]:
-            indeg[ch] -= 1
-            if indeg[ch] == 0:
-                ready.append(index[ch])
-                ready.sort()
-    cyclic = [s.id for s in specs if s.id not in levels]
-    return order, levels, cyclic
+        s.level = 1 + max((specs[d].level for d in s.dep_indexes), default=-1)
+        levels[s.id] = max(levels.get(s.id, 0), s.level)
+    done = set(by_position)
+    cyclic = [s.id for s in specs if s.index not in done]
+    if cyclic:
+        return by_position, levels, cyclic
+    height = [1] * n
+    for i in reversed(by_position):
+        height[i] = 1 + max((height[c] for c in children[i]), default=0)
+    return kahn(lambda i: (specs[i].level, -height[i], i)), levels, cyclic
 
 
 def critical_path(

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
-from langchain_core.tools import tool
+from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
@@ -91,9 +91,9 @@ _CHILD = textwrap.dedent(
     if flavour == "reorder" and mode == "resume":  # simulate a changed plan on resume
         import llmctx.nodes.schedule as S
         _build = S.build_plan
-        def _reordered(calls, names):
+        def _reordered(calls, names=None):
             plan = _build(calls, names)
-            plan.order = [1, 0, 3, 2, 4]  # still topological, but b's task id is now a's
+            plan.order = [0, 1, 2, 3, 4]  # still topological, but a now gets b's task id
             return plan
         S.build_plan = _reordered
 
@@ -237,3 +237,48 @@ def test_saved_result_never_goes_to_another_call(tmp_path: Path) -> None:
     )
     assert second.returncode != 0
     assert "ScheduleResumeError: the saved result for tool call 'a' belongs to 'b'" in second.stderr
+
+
+class _SwitchState(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+    plan: PlanRecord
+    switch: dict
+
+
+def test_command_result_is_saved_and_applied_once_across_an_interrupt() -> None:
+    """A tool returning a Command runs once; its saved Command is applied on resume and
+    its ToolMessage content reaches the dependent that was waiting for approval."""
+    log: list[str] = []
+
+    @tool
+    def switch_context(domain: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+        """Switch the context domain."""
+        log.append(f"switch:{domain}")
+        msg = ToolMessage(f"now in {domain}", tool_call_id=tool_call_id)
+        return Command(update={"switch": {"to": domain}, "messages": [msg]})
+
+    @tool
+    def send_email(body: str) -> str:
+        """Send an email (needs approval)."""
+        log.append(f"send:{body}")
+        return "sent"
+
+    g = StateGraph(_SwitchState)
+    g.add_node(
+        "tools", ToolScheduler([switch_context, send_email], interrupt_before=["send_email"])
+    )
+    g.add_edge(START, "tools")
+    app = g.compile(checkpointer=InMemorySaver())
+    cfg = {"configurable": {"thread_id": "c1"}}
+    calls = [
+        {"id": "s", "name": "switch_context", "args": {"domain": "billing"}},
+        {"id": "m", "name": "send_email", "args": {"body": "$1"}},
+    ]
+    out = app.invoke({"messages": [AIMessage("", tool_calls=calls)]}, cfg)
+    assert out["__interrupt__"][0].value["tool_call"]["args"] == {"body": "now in billing"}
+    assert "switch" not in out  # nothing is applied before the node finishes
+    out = app.invoke(Command(resume=True), cfg)
+    assert log == ["switch:billing", "send:now in billing"]
+    assert out["switch"] == {"to": "billing"}
+    assert [m.content for m in out["messages"][1:]] == ["now in billing", "sent"]
+    assert [c["status"] for c in out["plan"]["calls"]] == ["ok", "ok"]
