@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -38,12 +38,19 @@ from langgraph.store.base import BaseStore
 from langgraph.types import RetryPolicy
 
 from llmctx.graphs.context import _with_defaults, context_node
-from llmctx.nodes import ContextConfig, ContextState, ToolScheduler, remember, window_messages
+from llmctx.nodes import (
+    ContextConfig,
+    ContextState,
+    SwitchPolicy,
+    ToolScheduler,
+    remember,
+    window_messages,
+)
 from llmctx.runtime.errors import ConfigError
 from llmctx.runtime.models import chat_model
 from llmctx.runtime.settings import Settings
 
-__all__ = ["AgentState", "build_agent"]
+__all__ = ["AgentState", "apply_switch", "build_agent"]
 
 AgentState = ContextState
 """The agent's state: `ContextState` as is (`messages`, the frame, `plan`, ...)."""
@@ -72,6 +79,7 @@ def build_agent(
     tool_retry: RetryPolicy | Mapping[str, RetryPolicy] | None = None,
     tool_timeout: float | Mapping[str, float] | None = None,
     remember_turns: bool | None = None,
+    switching: SwitchPolicy | Mapping[str, Any] | None = None,
     name: str = "llmctx_agent",
 ) -> CompiledStateGraph:
     """Build and compile the agent graph (see the module docstring for its shape).
@@ -90,6 +98,10 @@ def build_agent(
     `context=ContextConfig(...)` (not `tools`: the tools the model is sent are fixed
     here). The window is counted with the chat model's own tokenizer when the model
     names one (`model_name`), else with `settings.model`'s.
+
+    `switching` turns on automatic template switches (`SwitchPolicy(auto=True)`);
+    explicit ones (the `switch` state field, `switch_command`, the
+    `switch_context_tool` among `tools`) always work.
 
     `remember_turns` adds the deferred `remember` node (default: when a `store` is
     given); pass `True` when the store arrives at run time (the LangGraph server).
@@ -124,6 +136,7 @@ def build_agent(
         settings=defaults.settings,
         summarizer=defaults.summarizer,
         user_id=defaults.user_id,
+        switching=dict(switching) if isinstance(switching, Mapping) else switching,
     )
     builder = StateGraph(AgentState, context_schema=ContextConfig)
     builder.add_node("context", _fixed_tools(pipeline))
@@ -137,17 +150,46 @@ def build_agent(
         builder.add_edge("remember", END)
     builder.add_edge(START, "context")
     builder.add_edge("context", "model")
-    builder.add_conditional_edges("model", _router(after_answer), ["tools", after_answer])
+    builder.add_conditional_edges(
+        "model", _router(after_answer), ["tools", "context", after_answer]
+    )
     builder.add_edge("tools", "context")
     return builder.compile(checkpointer=checkpointer, store=store, name=name)
 
 
+def apply_switch(
+    agent: CompiledStateGraph, config: RunnableConfig, request: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Switch a thread's template now, as its own version, without calling the model.
+
+    Runs only the agent's `context` node with the `switch` request (a
+    `SwitchRequest`: `template`, optional `strategy` and `reason`) and stops before
+    the model, so the new frame (`last_op.op == "switch"`) is the head and the next
+    message is answered under the new template. On a thread with no messages yet it
+    just selects the template its first turn starts with. Returns the new frame.
+
+    Example:
+        >>> frame = apply_switch(agent, config, {"template": "business"})
+        >>> frame["template"]
+        'business'
+    """
+    agent.invoke({"switch": dict(request)}, config, interrupt_after=["context"])
+    return dict(agent.get_state(config).values.get("context") or {})
+
+
 def _router(after_answer: str) -> Callable[[AgentState], str]:
-    """Route the model's message: tool calls go to the scheduler, an answer ends the turn."""
+    """Route the model's message: tool calls go to the scheduler; malformed calls
+    only (answered with error results) go back to the model; an answer ends the turn."""
 
     def route(state: AgentState) -> str:
-        last = state["messages"][-1]
-        return "tools" if isinstance(last, AIMessage) and last.tool_calls else after_answer
+        messages = state["messages"]
+        last = messages[-1]
+        if isinstance(last, AIMessage):
+            return "tools" if last.tool_calls else after_answer
+        ai = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
+        if ai is not None and ai.tool_calls:
+            return "tools"
+        return "context" if ai is not None and ai.invalid_tool_calls else after_answer
 
     route.__name__ = "route_model"
     return route
@@ -158,12 +200,42 @@ def _model_node(chat: BaseChatModel, tools: list[BaseTool]) -> Runnable:
     bound: Runnable = chat.bind_tools(tools) if tools else chat
 
     def call_model(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
-        return {"messages": [bound.invoke(window_messages(state), config)]}
+        return {"messages": _with_error_results(bound.invoke(window_messages(state), config))}
 
     async def acall_model(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
-        return {"messages": [await bound.ainvoke(window_messages(state), config)]}
+        reply = await bound.ainvoke(window_messages(state), config)
+        return {"messages": _with_error_results(reply)}
 
     return RunnableLambda(call_model, acall_model, name="model")
+
+
+def _with_error_results(reply: BaseMessage) -> list[BaseMessage]:
+    """The model's reply, followed by an error result for each malformed tool call.
+
+    Providers are sent `invalid_tool_calls` as calls, so each needs a result before
+    the next model call; the error tells the model to retry with valid arguments.
+    """
+    out: list[BaseMessage] = [reply]
+    if isinstance(reply, AIMessage):
+        for call in reply.invalid_tool_calls:
+            cid = call.get("id")
+            if not cid:
+                continue
+            name = call.get("name") or "unknown"
+            out.append(
+                ToolMessage(
+                    content=(
+                        f"Error: the call to {name} (id {cid}) was not run: its arguments "
+                        f"are malformed or truncated ({call.get('error') or 'invalid JSON'})."
+                        " Call it again with valid arguments."
+                    ),
+                    name=name,
+                    tool_call_id=cid,
+                    status="error",
+                    id=f"llmctx-invalid-{cid}",
+                )
+            )
+    return out
 
 
 def _fixed_tools(pipeline: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:

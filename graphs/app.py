@@ -28,6 +28,7 @@ from langchain_core.tools import BaseTool
 from langgraph.graph.state import CompiledStateGraph
 
 from llmctx.graphs.agent import build_agent
+from llmctx.nodes import switch_context_tool
 from llmctx.runtime.settings import Settings
 
 __all__ = ["build_app", "make_graph"]
@@ -54,12 +55,13 @@ def build_app(
     """The served agent: no checkpointer or store of its own, memory written at run time.
 
     `model` replaces the configured chat model (for embedding the server graph in
-    your own app); `tools` are added to the agent (llmctx ships none of its own).
+    your own app); `tools` are added to llmctx's own `switch_context` tool, with which
+    the model moves the thread to another domain template.
     """
     settings = settings if settings is not None else Settings.load()
     return build_agent(
         model,
-        tools,
+        [switch_context_tool(), *tools],
         settings=settings,
         template=settings.default_template,
         user_id=user_id,

@@ -219,14 +219,20 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
     ) -> dict[str, Any] | None:
         """Assemble this turn's window and store the frame (a new context version)."""
         plan = self._plan(runtime, self._seen)
+        patches = _invalid_call_results(state["messages"])
+        if patches:  # answered in the history, so the pipeline can pair them
+            state = {**state, "messages": [*state["messages"], *patches]}
         try:
             frame = self._assemble(state, runtime, plan)
         except BudgetError:
             # Assembled for the previous request's prompt and tools, which may not be
             # this one's; the model call re-assembles for its own, and raises if that
             # does not fit either.
-            return None
-        return {"context": frame, "context_key": plan.key}
+            return {"messages": patches} if patches else None
+        update: dict[str, Any] = {"context": frame, "context_key": plan.key}
+        if patches:
+            update["messages"] = patches
+        return update
 
     async def abefore_model(
         self, state: ContextAgentState, runtime: Runtime[Any]
@@ -500,6 +506,39 @@ def _call_ids(message: BaseMessage) -> list[str]:
     ids = [str(c.get("id")) for c in message.tool_calls if c.get("id")]
     ids += [str(c.get("id")) for c in message.invalid_tool_calls if c.get("id")]
     return ids
+
+
+def _invalid_call_results(messages: Sequence[BaseMessage]) -> list[ToolMessage]:
+    """Error results for the model's malformed tool calls that have none yet.
+
+    `create_agent` adds these to each request only, never to the history, so the
+    history would keep a call without a result, which the window must leave out. The
+    same error text as `create_agent`'s, with stable ids, written to the history.
+    """
+    answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+    out: list[ToolMessage] = []
+    for message in messages:
+        if not isinstance(message, AIMessage):
+            continue
+        for call in message.invalid_tool_calls:
+            cid = call.get("id")
+            if not cid or cid in answered:
+                continue
+            name = call.get("name") or "unknown"
+            answered.add(cid)
+            out.append(
+                ToolMessage(
+                    content=(
+                        f"Tool call {name} with id {cid} could not be executed - "
+                        "arguments were malformed or truncated."
+                    ),
+                    name=name,
+                    tool_call_id=cid,
+                    status="error",
+                    id=f"llmctx-invalid-{cid}",
+                )
+            )
+    return out
 
 
 def _pair_up(

@@ -26,6 +26,7 @@ from rich.text import Text
 
 from llmctx.runtime.errors import ConfigError, LlmctxError, ThreadNotFoundError
 from llmctx.runtime.settings import Settings
+from llmctx.runtime.views import hits_table, versions_table
 
 __all__ = ["app", "main"]
 
@@ -267,6 +268,72 @@ def demo(
     _run_replay(
         demo_transcript_path(), None, thread, None, budget, workspace, as_json, user, memory
     )
+
+
+@app.command()
+@_user_errors
+def chat(
+    template: str | None = typer.Option(
+        None, "--template", "-t", help="Domain template to start with (default: settings)."
+    ),
+    thread: str = typer.Option("chat", "--thread", help="Thread id; reuse it to resume."),
+    budget: int | None = typer.Option(
+        None, "--budget", "-b", min=1, help="Window budget in tokens (all included)."
+    ),
+    user: str | None = USER_OPT,
+    memory: bool = MEMORY_OPT,
+    workspace: Path | None = WORKSPACE_OPT,
+) -> None:
+    """Talk to the configured model through the context pipeline; /help lists commands.
+
+    Needs an OpenAI-compatible endpoint (LLMCTX_LLM_BASE_URL, LLMCTX_LLM_API_KEY).
+    Every turn is a version of the thread; /switch, /history, /diff, /rollback,
+    /budget and /memory work inside the chat.
+    """
+    from llmctx.graphs import build_agent
+    from llmctx.nodes import switch_context_tool
+    from llmctx.runtime.chat import ChatSession, no_model_message, run_repl
+    from llmctx.runtime.embeddings import make_embedder
+    from llmctx.runtime.models import chat_model
+    from llmctx.runtime.savers import open_saver
+    from llmctx.runtime.workspace import Workspace
+
+    settings = _settings(workspace)
+    model = chat_model(settings)
+    if model is None:
+        raise ConfigError(no_model_message())
+    thread_id = _label(thread, "thread id", "--thread")
+    user_id = _label(user, "user id", "--user") if user is not None else None
+    name = template or settings.default_template
+    _registry(workspace).get(name)  # an unknown template fails here, before any turn
+    ws = Workspace.from_settings(settings)
+    ws.ensure()
+    with ExitStack() as stack:
+        saver = stack.enter_context(open_saver(ws))
+        store = stack.enter_context(_open_store(settings)) if memory else None
+        agent = build_agent(
+            model,
+            [switch_context_tool()],
+            template=name,
+            checkpointer=saver,
+            store=store,
+            budget=budget,
+            settings=settings,
+            workspace=ws.root,
+            user_id=user_id,
+        )
+        session = ChatSession(
+            agent=agent,
+            saver=saver,
+            thread_id=thread_id,
+            settings=settings,
+            console=out,
+            store=store,
+            user_id=user_id,
+            embedder=make_embedder(settings) if memory else None,
+        )
+        code = run_repl(session)
+    raise typer.Exit(code)
 
 
 def _run_replay(
@@ -652,34 +719,8 @@ def memory_search(
         out.print(f"no memories of {where} match {query!r}", markup=False, soft_wrap=True)
         return
     how = f"dense: {embedder.name}" if embedder else "lexical only"
-    out.print(_hits_table(rows, f"memories of {where} for {query!r}", f"{len(rows)} hit(s), {how}"))
-
-
-def _hits_table(rows: list[dict[str, Any]], title: str, caption: str) -> Table:
-    """One line per hit at any width: short columns clipped, the text gets the rest."""
-    headers = ["score", "kind", "when"]
-    caps = [5, 12, 22]
-    cells = [[f"{r['score']:.3f}", str(r["kind"] or ""), r["when"] or ""] for r in rows]
-    if len({r["domain"] for r in rows}) > 1:  # hits from several domains: say which
-        headers.append("domain")
-        caps.append(16)
-        for row, r in zip(cells, rows, strict=True):
-            row.append(str(r["domain"] or ""))
-    cells = [[_clip(c, cap) for c, cap in zip(row, caps, strict=True)] for row in cells]
-    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    room = max(20, out.width - sum(widths) - 2 * len(widths))  # 2 spaces between columns
-    # Text, not str: memories and queries may hold [brackets] that rich reads as markup.
-    table = Table(title=Text(title), caption=caption, box=None, pad_edge=False, header_style="bold")
-    for header in headers:
-        table.add_column(header, justify="right" if header == "score" else "left", no_wrap=True)
-    table.add_column("text", no_wrap=True)
-    for row, r in zip(cells, rows, strict=True):
-        table.add_row(*map(Text, row), Text(_clip(" ".join(r["text"].split()), room)))
-    return table
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    title = f"memories of {where} for {query!r}"
+    out.print(hits_table(rows, title, f"{len(rows)} hit(s), {how}", out.width))
 
 
 @memory_app.command("stats")
@@ -886,41 +927,7 @@ def history(
     if not versions:
         out.print(f"thread '{thread}' has no versions matching the filters")
         return
-    # Fits 80 columns with the full checkpoint id (what diff/rollback take): no
-    # borders, the time of day only (the date is in the title), the step in --json only.
-    days = sorted({v.time[:10] for v in versions})
-    span = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
-    # With tags, the time loses its seconds and columns sit one space apart, so a row
-    # still fits 80 columns.
-    tagged = any(v.tags for v in versions)
-    table = Table(
-        title=f"versions of thread '{thread}', newest first ({span}, UTC)",
-        box=None,
-        pad_edge=False,
-        header_style="bold",
-        collapse_padding=tagged,
-    )
-    clock = slice(11, 16) if tagged else slice(11, 19)
-    table.add_column("turn", justify="right", no_wrap=True)
-    table.add_column("op", no_wrap=True)
-    table.add_column("window\ntokens", justify="right", no_wrap=True)
-    table.add_column("history\ntokens", justify="right", no_wrap=True)
-    table.add_column("time", no_wrap=True)
-    table.add_column("checkpoint", no_wrap=True)
-    if tagged:
-        table.add_column("tags", overflow="fold")
-    for v in versions:
-        time_of_day = v.time[clock] if len(days) == 1 else f"{v.time[5:10]} {v.time[11:16]}"
-        row = [
-            str(v.turn),
-            v.op,
-            str(v.window_tokens),
-            str(v.history_tokens),
-            time_of_day,
-            v.checkpoint_id,
-        ]
-        table.add_row(*row, *([", ".join(v.tags)] if tagged else []))
-    out.print(table)
+    out.print(versions_table(versions, thread))
 
 
 def _thread_config(thread: str) -> dict[str, Any]:
@@ -1193,3 +1200,7 @@ def _parse_duration(text: str) -> timedelta:
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="llmctx")
+
+
+if __name__ == "__main__":
+    main()

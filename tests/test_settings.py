@@ -254,3 +254,17 @@ def test_budget_is_positive_or_config_error(window: int, reserve: int) -> None:
     else:
         with pytest.raises(ConfigError, match="output_reserve"):
             Settings.load(context_window=window, output_reserve=reserve)
+
+
+def test_single_underscore_llm_endpoint_and_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`LLMCTX_LLM_BASE_URL` / `LLMCTX_LLM_API_KEY` configure the chat model too; the
+    canonical nested names win when both are set, and the key stays secret."""
+    monkeypatch.setenv("LLMCTX_LLM_BASE_URL", "http://127.0.0.1:8000/v1")
+    monkeypatch.setenv("LLMCTX_LLM_API_KEY", "sk-flat")
+    settings = Settings.load()
+    assert settings.llm.base_url == "http://127.0.0.1:8000/v1"
+    assert settings.llm.configured
+    assert settings.redacted()["llm"]["api_key"] != "sk-flat"
+    assert Settings.sources()["llm.base_url"] == "env"
+    monkeypatch.setenv("LLMCTX_LLM__BASE_URL", "http://canonical/v1")
+    assert Settings.load().llm.base_url == "http://canonical/v1"
