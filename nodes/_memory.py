@@ -7,6 +7,7 @@ memory and are expensive to rebuild), and one embedder per embeddings configurat
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import datetime
 from typing import Any
@@ -87,15 +88,37 @@ def message_text(message: BaseMessage) -> str:
 
 
 def memory_content(value: dict[str, Any]) -> str:
-    """How a memory reads in the window: its date (when known), then its text.
+    """How a memory reads in the window: its day (when known), then its text.
 
-    The date matters: "when did she ...?" is only answerable if the turn's date comes
-    with it.
+    The day matters: "when did she ...?" is only answerable if the turn's date comes
+    with it. The clock time is left out (it is rarely asked, and costs tokens on every
+    memory), and so is the kind of a conversation turn, whose text already starts with
+    its speaker: `[8 May, 2023] Caroline: I went to ...`, `[summary from 8 May, 2023] ...`.
     """
-    when = value.get("when")
+    when = day_of(value.get("when"))
     kind = value.get("kind", "memory")
-    label = f"[{kind} from {when}]" if when else f"[{kind}]"
-    return f"{label} {value.get('text', '')}"
+    if kind == "turn":
+        label = f"[{when}]" if when else ""
+    else:
+        label = f"[{kind} from {when}]" if when else f"[{kind}]"
+    text = str(value.get("text", ""))
+    return f"{label} {text}" if label else text
+
+
+_CLOCK_FIRST = re.compile(r"^\s*\d{1,2}[:.]\d{2}(?::\d{2})?\s*(?:[ap]\.?m\.?)?\s*(?:on\s+)?", re.I)
+_CLOCK_LAST = re.compile(r"[\sT]+\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:[ap]\.?m\.?)?$", re.I)
+
+
+def day_of(when: Any) -> str | None:
+    """The day of a readable time, without its clock time.
+
+    >>> day_of("1:56 pm on 8 May, 2023"), day_of("2024-03-01 14:05")
+    ('8 May, 2023', '2024-03-01')
+    """
+    if not isinstance(when, str) or not when.strip():
+        return None
+    day = _CLOCK_LAST.sub("", _CLOCK_FIRST.sub("", when.strip())).strip(" ,")
+    return day or when.strip()
 
 
 def when_of(message: BaseMessage) -> str | None:

@@ -1,8 +1,9 @@
 """The retrieve node: bring the long-term memories this turn needs into the frame.
 
 It queries the store (hybrid BM25 + dense retrieval, `llmctx.runtime.HybridRetriever`)
-with the latest user message (plus, for a short follow-up question, the turn before it
-as the focus), under the template's namespaces for the run's user. The template's `k`
+with the latest user message (plus, for a follow-up, a short message that names
+nothing or points back, "and her sister?", the two turns before it as the focus),
+under the template's namespaces for the run's user. The template's `k`
 best hits above `min_score` always qualify; further hits fill the rest of the memory
 room (the supporting tier minus the summaries) while they score at least `min_score`
 of the best one. Hits are rendered with their date and counted exactly; memories of
@@ -14,6 +15,7 @@ Without a store, or with retrieval disabled by the template, it does nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,14 +33,24 @@ from llmctx.nodes._memory import (
 )
 from llmctx.nodes.state import ContextConfig, ContextState, Frame, Memory
 
-__all__ = ["MEMORY_ITEM_PREFIX", "retrieve", "retrieve_memories"]
+__all__ = ["MEMORY_ITEM_PREFIX", "is_follow_up", "retrieve", "retrieve_memories"]
 
 MEMORY_ITEM_PREFIX = "llmctx:memory:"
 
 _FOCUS_CHARS = 400
 
 _SHORT_QUERY_WORDS = 8
-"""Shorter questions are follow-ups: the turn before them joins the query as focus."""
+"""Shorter messages may be follow-ups (see `is_follow_up`): the turns before them then
+join the query as focus."""
+
+_POINTS_BACK = re.compile(
+    r"^\W*(and|but|also|or|so|then|what about|how about)\b"
+    r"|\b(it|that|this|those|these|there|then|same|else|other|another)\b",
+    re.IGNORECASE,
+)
+"""Words that refer to something said before: a message using them is a follow-up."""
+
+_APOSTROPHE = re.compile("['\u2019]")
 
 _FILL_CANDIDATES = 32
 """Hits fetched per namespace to fill the memory room (the template's k at least)."""
@@ -77,7 +89,7 @@ def retrieve_memories(
     if not query:
         return []
     focus = ""
-    if len(query.split()) < _SHORT_QUERY_WORDS:  # a follow-up: "and her sister?"
+    if is_follow_up(query):  # "and her sister?": the turns before say what it is about
         focus = " ".join(
             message_text(m)
             for m in messages[max(0, query_at - 2) : query_at]
@@ -132,6 +144,28 @@ def retrieve_memories(
             memory["message_id"] = hit.message_id  # type: ignore[typeddict-unknown-key]
         out.append(memory)
     return out
+
+
+def is_follow_up(query: str) -> bool:
+    """Whether a user message needs the turns before it to be understood.
+
+    A short message is a follow-up unless it names what it is about: a name or a
+    number ("When did Melanie paint a sunrise?" stands alone), and it does not point
+    back ("and her sister?", "When was that?", "What about Jon?").
+    """
+    words = query.split()
+    if len(words) >= _SHORT_QUERY_WORDS:
+        return False
+    if _POINTS_BACK.search(query):
+        return True
+    return not any(_is_name(w) for w in words[1:])
+
+
+def _is_name(word: str) -> bool:
+    """A capitalized word (not the pronoun I) or one holding a digit: `Melanie`, `2021`."""
+    if any(c.isdigit() for c in word):
+        return True
+    return word[:1].isupper() and _APOSTROPHE.split(word)[0].rstrip("?!.,;:") != "I"
 
 
 def _memory_room(frame: Frame, deps: NodeDeps) -> int:

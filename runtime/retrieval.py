@@ -39,8 +39,14 @@ $in $nin`; a memory lacking the field never matches, and never crashes), `exclud
 (keys or message ids already in the window), `min_score` and `k` apply.
 
 **Indexes** live in memory, one per namespace prefix searched, loaded from the store on
-first use. `add` writes through the store in one batch and updates the indexes at once:
-new memories are scored by brute force until the BM25 matrix is rebuilt, in a background
+first use. Document vectors are kept by the store when it can (`ChromaStore`: an
+embedding table per embedder, see `VectorTable`): `add` writes them after the memories,
+and a new process reads them instead of embedding every memory again; memories the
+table lacks (written without this embedder, or changed) are embedded on load and
+written back. An embedder failure raises `EmbeddingError` before anything is written.
+
+`add` writes through the store in one batch and updates the indexes at once: new
+memories are scored by brute force until the BM25 matrix is rebuilt, in a background
 thread, once the unindexed tail outgrows `rebuild_min` and `rebuild_ratio` of the index.
 Writes that bypass the retriever (another process, `store.put`) are picked up by
 `refresh()`.
@@ -69,7 +75,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import bm25s
 import numpy as np
@@ -77,9 +83,9 @@ from bm25s.stopwords import STOPWORDS_EN_PLUS
 from langgraph.store.base import BaseStore, PutOp
 
 from llmctx.runtime.embeddings import Embedder
-from llmctx.runtime.errors import ConfigError
+from llmctx.runtime.errors import ConfigError, EmbeddingError
 
-__all__ = ["DenseMode", "Hit", "HybridRetriever", "tokenize"]
+__all__ = ["DenseMode", "Hit", "HybridRetriever", "VectorTable", "tokenize"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +95,27 @@ the `store`'s vector search (needs a store created with an `index` config), `off
 `auto` (own with an embedder, else store when it has an index, else off)."""
 
 Namespace = tuple[str, ...]
+
+
+class VectorTable(Protocol):
+    """Where a store keeps the vectors a retriever made (`ChromaStore.embedding_table`).
+
+    A store that has `embedding_table(name, dims, probe) -> VectorTable` keeps the
+    retriever's document vectors, so a new process reads them instead of embedding
+    every memory again.
+    """
+
+    def get(self, items: Sequence[tuple[Namespace, str, str]]) -> Sequence[Any]:
+        """The kept vector of each `(namespace, key, text)` (a sequence of floats), None
+        where none is kept for that text."""
+        ...
+
+    def put(
+        self, items: Sequence[tuple[Namespace, str, str]], vectors: Sequence[Sequence[float]]
+    ) -> None:
+        """Keep the vector of each `(namespace, key, text)`."""
+        ...
+
 
 _TOKEN_RE = re.compile(r"[^\W_]+", re.UNICODE)
 _STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
@@ -291,6 +318,8 @@ class HybridRetriever:
         self.b = b
         self._indexes: dict[Namespace, _Index] = {}
         self._vectors: dict[str, np.ndarray] = {}  # text -> unit vector (dense="own")
+        self._table: VectorTable | None = None  # the store's kept vectors (dense="own")
+        self._table_opened = False
         self._lock = threading.Lock()
 
     # -- writing ---------------------------------------------------------------------
@@ -318,9 +347,14 @@ class HybridRetriever:
         names = [str(k) for k in keys] if keys is not None else [_default_key(v) for v in batch]
         if not batch:
             return []
+        unsaved: list[tuple[tuple[Namespace, str, str], np.ndarray]] = []
         if self.dense == "own":
-            self._embed([v["text"] for v in batch])  # on the write path, before the put
+            # On the write path, before the put: an embedder failure writes nothing.
+            items = [(namespace, k, v["text"]) for k, v in zip(names, batch, strict=True)]
+            vectors, kept = self._vectors_for(items)
+            unsaved = [(it, vectors[n]) for n, it in enumerate(items) if not kept[n]]
         self.store.batch([PutOp(namespace, k, v) for k, v in zip(names, batch, strict=True)])
+        self._keep_vectors(unsaved)  # after the put: a kept vector always has its memory
         now = time.time()
         for index in self._covering(namespace):
             self._ingest(index, [(namespace, k, v, now) for k, v in zip(names, batch, strict=True)])
@@ -680,12 +714,20 @@ class HybridRetriever:
         with index.lock:
             for ident in [w for w in index.where if w not in seen]:
                 self._kill(index, ident)
-            self._ingest(index, fresh)
+            self._ingest(index, fresh, persist=True)
 
     def _ingest(
-        self, index: _Index, items: Sequence[tuple[Namespace, str, Mapping[str, Any], float]]
+        self,
+        index: _Index,
+        items: Sequence[tuple[Namespace, str, Mapping[str, Any], float]],
+        *,
+        persist: bool = False,
     ) -> None:
-        """Add or replace memories in the index (unchanged ones are skipped)."""
+        """Add or replace memories in the index (unchanged ones are skipped).
+
+        With `persist`, the vectors embedded here (memories the store's vector table
+        lacked) are written to that table, so the next process reads them.
+        """
         new: list[_Doc] = []
         for namespace, key, value, written in items:
             text = value.get("text") if isinstance(value, Mapping) else None
@@ -698,7 +740,13 @@ class HybridRetriever:
         if not new:
             return
         # Embedding is the slow part of a write: searches go on meanwhile.
-        vectors = self._embed([d.text for d in new]) if self.dense == "own" else None
+        vectors = None
+        if self.dense == "own":
+            items = [(d.namespace, d.key, d.text) for d in new]
+            embedded: list[int] = []
+            vectors, _ = self._vectors_for(items, embedded_out=embedded)
+            if persist:
+                self._keep_vectors([(items[n], vectors[n]) for n in embedded])
         with index.lock:
             start = len(index.docs)
             _grow(index, start + len(new), vectors.shape[1] if vectors is not None else None)
@@ -720,23 +768,75 @@ class HybridRetriever:
             if vectors is not None and index.vectors is not None:
                 index.vectors[start : start + len(new)] = vectors
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors of `texts`; each distinct text is embedded once per retriever.
+    def _vector_table(self) -> VectorTable | None:
+        """The store's table of this embedder's vectors, if the store keeps vectors.
 
-        The cache lets `add` embed on the write path even before any index covers the
-        namespace, and lets indexes of overlapping prefixes share vectors.
+        Opening it asks the embedder for its probe vector once (its identity: a table
+        never serves vectors of another model).
+        """
+        if self.dense != "own" or self.embedder is None:
+            return None
+        with self._lock:
+            if self._table_opened:
+                return self._table
+        opener = getattr(self.store, "embedding_table", None)
+        table = None
+        if callable(opener):
+            probe = self.embedder.probe()
+            table = opener(self.embedder.name, len(probe), probe)
+        with self._lock:
+            if not self._table_opened:
+                self._table, self._table_opened = table, True
+            return self._table
+
+    def _keep_vectors(self, pairs: list[tuple[tuple[Namespace, str, str], np.ndarray]]) -> None:
+        """Write `((namespace, key, text), vector)` pairs to the store's vector table."""
+        table = self._vector_table() if pairs else None
+        if table is not None:
+            table.put([item for item, _ in pairs], [vector for _, vector in pairs])
+
+    def _vectors_for(
+        self,
+        items: Sequence[tuple[Namespace, str, str]],
+        *,
+        embedded_out: list[int] | None = None,
+    ) -> tuple[np.ndarray, list[bool]]:
+        """Unit vectors of the `(namespace, key, text)` items, and which of them the
+        store's table already keeps (for that text).
+
+        A vector comes from this retriever's cache (each distinct text once per
+        retriever), else from the store's table, else from the embedder. The positions
+        embedded now are appended to `embedded_out`. The cache lets `add` embed on the
+        write path before any index covers the namespace, and lets indexes of
+        overlapping prefixes share vectors.
         """
         assert self.embedder is not None
         with self._lock:
-            missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+            missing = [n for n, it in enumerate(items) if it[2] not in self._vectors]
+        kept = [False] * len(items)
         if missing:
-            matrix = np.asarray(self.embedder.embed_documents(missing), dtype=np.float32)
+            table = self._vector_table()
+            if table is not None:
+                found = table.get([items[n] for n in missing])
+                loaded: dict[str, np.ndarray] = {}
+                for n, vector in zip(missing, found, strict=True):
+                    if vector is not None and len(vector) == self.embedder.dims:
+                        kept[n] = True
+                        loaded[items[n][2]] = _unit(vector)
+                with self._lock:
+                    self._vectors.update(loaded)
+                missing = [n for n in missing if items[n][2] not in loaded]
+        if missing:
+            texts = list(dict.fromkeys(items[n][2] for n in missing))
+            matrix = np.asarray(self.embedder.embed_documents(texts), dtype=np.float32)
             norms = np.linalg.norm(matrix, axis=1, keepdims=True)
             matrix /= np.where(norms == 0, 1.0, norms)
             with self._lock:
-                self._vectors.update(zip(missing, matrix, strict=True))
+                self._vectors.update(zip(texts, matrix, strict=True))
+            if embedded_out is not None:
+                embedded_out.extend(missing)
         with self._lock:
-            return np.stack([self._vectors[t] for t in texts])
+            return np.stack([self._vectors[it[2]] for it in items]), kept
 
     def _kill(self, index: _Index, ident: tuple[Namespace, str]) -> None:
         i = index.where.pop(ident, None)
@@ -847,7 +947,7 @@ def _grow(index: _Index, size: int, dims: int | None) -> None:
     if index.vectors is None:
         index.vectors = np.zeros((max(size, 64), dims), dtype=np.float32)
     elif index.vectors.shape[1] != dims:
-        raise ConfigError(
+        raise EmbeddingError(
             f"the embedder returned {dims}-dimensional vectors, but the index of "
             f"{index.prefix} holds {index.vectors.shape[1]}-dimensional ones; use one embedder "
             "per retriever"

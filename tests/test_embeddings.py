@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from chromadb.api.types import EmbeddingFunction
-from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langgraph.store.memory import InMemoryStore
 
-from llmctx.runtime.embeddings import LOCAL_EXTRA, MINILM, Embedder, make_embedder
-from llmctx.runtime.errors import ConfigError
+from llmctx.runtime.embeddings import LOCAL_EXTRA, MINILM, PROBE_TEXT, Embedder, make_embedder
+from llmctx.runtime.errors import ConfigError, EmbeddingError, LlmctxError
 from llmctx.runtime.settings import EmbeddingSettings, Settings
 
 _HAS_LOCAL = all(
@@ -88,8 +88,91 @@ def test_rejects_what_is_not_an_embedder() -> None:
     with pytest.raises(ConfigError, match="cannot use int as an embedder"):
         Embedder.wrap(42)
     bad = Embedder.wrap(lambda texts: [[1.0]], name="short")
-    with pytest.raises(ConfigError, match="returned 1 vectors for 2 texts"):
+    with pytest.raises(EmbeddingError, match=r"'short' returned 1 vectors for 2 text"):
         bad.embed_documents(["a", "b"])
+
+
+class _Broken(Embeddings):
+    """A LangChain embedder that fails in a chosen way."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.calls = 0
+
+    def _vectors(self, texts: list[str]) -> list[list[float]]:
+        self.calls += 1
+        if self.how == "raise":
+            raise RuntimeError("connection refused")
+        if self.how == "nan":
+            return [[0.5, math.nan, 1.0] for _ in texts]
+        if self.how == "inf":
+            return [[0.5, math.inf, 1.0] for _ in texts]
+        if self.how == "count":
+            return [[1.0, 2.0, 3.0]] * (len(texts) + 1)
+        if self.how == "ragged":
+            return [[1.0, 2.0, 3.0][: 2 + i % 2] for i in range(len(texts))]
+        if self.how == "growing":  # the size changes from one call to the next
+            return [[1.0] * (2 + self.calls) for _ in texts]
+        if self.how == "empty":
+            return [[] for _ in texts]
+        if self.how == "garbage":
+            return ["not a vector" for _ in texts]  # type: ignore[misc]
+        raise AssertionError(self.how)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._vectors(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._vectors([text])[0]
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("raise", r"failed on 2 text\(s\) \(RuntimeError: connection refused\)"),
+        ("nan", "NaN or infinity"),
+        ("inf", "NaN or infinity"),
+        ("count", "returned 3 vectors for 2 text"),
+        ("ragged", "returned a 3-dimensional vector where it gives 2-dimensional ones"),
+        ("empty", "non-empty ones"),
+        ("garbage", "not a list of vectors"),
+    ],
+)
+def test_every_embedder_failure_is_an_embedding_error(how: str, message: str) -> None:
+    e = Embedder.wrap(_Broken(how), name=f"broken-{how}")
+    with pytest.raises(EmbeddingError, match=message) as info:
+        e.embed_documents(["first text", "second text"])
+    assert isinstance(info.value, LlmctxError)
+    text = str(info.value)
+    assert f"broken-{how}" in text  # names the embedder...
+    if how not in ("garbage",):
+        assert "LLMCTX_EMBEDDINGS__PROVIDER" in text or "one vector size" in text  # ...and a fix
+    if how not in ("count", "ragged"):  # a single query vector can be wrong in these ways
+        with pytest.raises(EmbeddingError):
+            e.embed_query("a query")
+
+
+def test_an_embedder_must_keep_its_vector_size() -> None:
+    e = Embedder.wrap(_Broken("growing"), name="growing")
+    assert len(e.embed_documents(["a"])[0]) == 3
+    with pytest.raises(EmbeddingError, match="4-dimensional vector where it gives 3-dimensional"):
+        e.embed_documents(["b"])
+    declared = Embedder.wrap(lambda texts: [[1.0, 2.0] for _ in texts], name="decl", dims=3)
+    with pytest.raises(EmbeddingError, match="2-dimensional vector where it gives 3-dim"):
+        declared.embed_documents(["a"])
+
+
+def test_probe_identifies_an_embedder_and_is_computed_once() -> None:
+    calls: list[list[str]] = []
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        calls.append(list(texts))
+        return [[float(len(t)), 1.0] for t in texts]
+
+    e = Embedder.wrap(embed, name="len")
+    assert e.probe() == e.probe() == [float(len(PROBE_TEXT)), 1.0]
+    assert e.dims == 2
+    assert calls == [[PROBE_TEXT]]
 
 
 def test_index_config_plugs_into_a_store() -> None:

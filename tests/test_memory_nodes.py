@@ -12,6 +12,8 @@ from langgraph.store.memory import InMemoryStore
 
 from llmctx.graphs import build_context_graph
 from llmctx.nodes import ContextConfig, memory_namespace, window_messages
+from llmctx.nodes._memory import day_of, memory_content
+from llmctx.nodes.retrieve import is_follow_up
 from llmctx.runtime.errors import ConfigError
 from llmctx.runtime.memory import ChromaStore
 from llmctx.runtime.settings import Settings
@@ -170,3 +172,60 @@ def test_bad_user_ids_are_config_errors(settings: Settings) -> None:
         graph.invoke(
             {"messages": [HumanMessage("hi", id="h")]}, context=ContextConfig(user_id="a.b")
         )
+
+
+@pytest.mark.parametrize(
+    ("query", "follow_up"),
+    [
+        ("and her sister?", True),
+        ("When was that?", True),
+        ("What about Jon?", True),  # names someone, but points back
+        ("How much did it cost?", True),
+        ("Why?", True),
+        ("What is her job?", True),  # names nobody
+        ("When did Melanie paint a sunrise?", False),  # names what it is about
+        ("What did Caroline research?", False),
+        ("Where did you go in 2021?", False),
+        ("What did I say?", True),  # "I" is no name
+        ("What did I tell Anna?", False),
+        ("How do I reset the router password on my new modem at home?", False),  # long
+    ],
+)
+def test_only_follow_ups_take_the_turns_before_as_focus(query: str, follow_up: bool) -> None:
+    assert is_follow_up(query) is follow_up
+
+
+def test_a_follow_up_is_answered_from_what_the_turns_before_were_about(
+    settings: Settings,
+) -> None:
+    store = InMemoryStore()
+    graph = build_context_graph(
+        checkpointer=InMemorySaver(), store=store, budget=500, settings=settings
+    )
+    facts = [  # the safe fact matches "code" better: only the focus lifts the locker
+        HumanMessage("the locker code is 4711", id="zlocker"),
+        AIMessage("noted", id="n1"),
+        HumanMessage("my code for the safe: code 9911", id="safe"),
+        AIMessage("noted", id="n2"),
+    ]
+    recent = [HumanMessage("where is my locker?", id="w"), AIMessage("in the gym", id="g")]
+    _grow(graph, "t", [*facts, *_chat(25), *recent])
+    graph.invoke({"messages": [HumanMessage("and the code?", id="q")]}, _config("t"))
+    memories = graph.get_state(_config("t")).values["context"]["memories"]
+    ranked = [m.get("message_id") for m in memories]
+    assert "zlocker" in ranked and "safe" in ranked
+    assert ranked.index("zlocker") < ranked.index("safe")  # the locker was the topic
+
+
+def test_memories_read_with_their_day_and_no_clock_time() -> None:
+    turn = {"kind": "turn", "when": "1:56 pm on 8 May, 2023", "text": "Caroline: I went"}
+    assert memory_content(turn) == "[8 May, 2023] Caroline: I went"
+    summary = {"kind": "summary", "when": "2024-03-01 14:05", "text": "They met."}
+    assert memory_content(summary) == "[summary from 2024-03-01] They met."
+    assert memory_content({"kind": "tool", "text": "tool search: 3 hits"}) == (
+        "[tool] tool search: 3 hits"
+    )
+    assert memory_content({"kind": "turn", "text": "user: hi"}) == "user: hi"
+    assert day_of("10:37 am on 27 June, 2023") == "27 June, 2023"
+    assert day_of("2023-05-08T13:56:00") == "2023-05-08"
+    assert day_of("yesterday") == "yesterday" and day_of("") is None and day_of(None) is None

@@ -1,21 +1,26 @@
 """Hybrid retrieval: real BM25, real fusion arithmetic, a deterministic fake embedder.
 
 Every test runs the real algorithms on a small corpus it writes itself, over a real
-LangGraph `InMemoryStore`.
+LangGraph `InMemoryStore`, or a real `ChromaStore` in `tmp_path` where the store keeps
+the vectors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import threading
 import zlib
+from pathlib import Path
 
 import pytest
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langgraph.store.memory import InMemoryStore
 
-from llmctx.runtime.embeddings import Embedder
-from llmctx.runtime.errors import ConfigError
+from llmctx.runtime.embeddings import PROBE_TEXT, Embedder
+from llmctx.runtime.errors import ConfigError, EmbeddingError, LlmctxError
+from llmctx.runtime.memory import ChromaStore
 from llmctx.runtime.retrieval import Hit, HybridRetriever, tokenize
 
 NS = ("memories", "u1")
@@ -533,3 +538,174 @@ def test_default_keys_are_stable_hashes() -> None:
     (key,) = r.add(NS, [{"text": "x", "kind": "note"}])
     basis = "\x1f".join(["note", "", "", "", "x"])
     assert key == hashlib.sha1(basis.encode()).hexdigest()[:20]
+
+
+# -- vectors kept by the store (ChromaStore) ----------------------------------------------
+
+
+class CountingEmbeddings(Embeddings):
+    """langchain-core's DeterministicFakeEmbedding, counting every text it embeds."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.fake = DeterministicFakeEmbedding(size=size)
+        self.texts: list[str] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.texts.extend(texts)
+        return self.fake.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        self.texts.append(text)
+        return self.fake.embed_query(text)
+
+    def documents(self) -> list[str]:
+        """What it embedded besides the probe (the embedder's identity check)."""
+        return [t for t in self.texts if t != PROBE_TEXT]
+
+
+def _ranking(r: HybridRetriever, query: str) -> list[tuple[str, int | None]]:
+    return [(h.key, h.dense_rank) for h in r.search(NS, query, k=6)]
+
+
+def test_vectors_are_kept_in_chroma_and_not_embedded_again(tmp_path: Path) -> None:
+    path = tmp_path / "memory"
+    first = CountingEmbeddings()
+    with ChromaStore(path) as store:
+        r = HybridRetriever(store, embedder=Embedder.wrap(first, name="fake16"))
+        _add_corpus(r)
+        expected = _ranking(r, "deploy key vault")
+        assert sorted(first.documents()) == sorted([*CORPUS, "deploy key vault"])
+    second = CountingEmbeddings()
+    with ChromaStore(path) as store:  # a new store on the same folder, as a new process
+        r = HybridRetriever(store, embedder=Embedder.wrap(second, name="fake16"))
+        assert _ranking(r, "deploy key vault") == expected
+        assert second.documents() == ["deploy key vault"]  # the query only
+        assert second.texts.count(PROBE_TEXT) == 1
+        # a memory changed behind the retriever's back is embedded again, alone
+        store.put(NS, "changed", {"text": "The vault moved to the basement"})
+        store.put(NS, "changed", {"text": "The vault moved to the attic"})
+        r.refresh(NS)
+        assert second.documents() == ["deploy key vault", "The vault moved to the attic"]
+    third = CountingEmbeddings()
+    with ChromaStore(path) as store:
+        r = HybridRetriever(store, embedder=Embedder.wrap(third, name="fake16"))
+        r.search(NS, "attic")
+        assert third.documents() == ["attic"]  # the write-back of the last run was kept
+
+
+def test_another_embedder_never_reads_the_kept_vectors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "memory"
+    with ChromaStore(path) as store:
+        _add_corpus(HybridRetriever(store, embedder=Embedder.wrap(CountingEmbeddings(16))))
+    # Another size: its own table; every memory is embedded by the new model.
+    other = CountingEmbeddings(size=8)
+    with ChromaStore(path) as store:
+        r = HybridRetriever(store, embedder=Embedder.wrap(other, name="fake8"))
+        hits = r.search(NS, "canine", k=3)
+        assert sorted(other.documents()) == sorted([*CORPUS, "canine"])
+        assert all(h.dense_rank is not None for h in hits)
+    # The same name and size, but other vectors (a replaced model): the kept vectors
+    # are dropped and every memory is embedded again; rankings equal a fresh index's.
+    with ChromaStore(path) as store:
+        wrapped = Embedder.wrap(CountingEmbeddings(16), name="fake16")
+        keys = _add_corpus(HybridRetriever(store, embedder=wrapped))
+        table = store.embedding_table("fake16", 16, wrapped.probe())
+        assert table.count() == len(CORPUS) and not table.reset
+    calls: list[str] = []
+
+    def concept16(texts: list[str]) -> list[list[float]]:
+        calls.extend(texts)
+        return [v[:16] for v in concept_embed(texts)]
+
+    impostor = Embedder.wrap(concept16, name="fake16")
+    with ChromaStore(path) as store:
+        r = HybridRetriever(store, embedder=impostor, **PLAIN)
+        got = [(h.key, h.dense_rank) for h in r.search(NS, "my puppy", k=6)]
+        assert set(CORPUS) <= set(calls)
+        assert "now embeds differently" in caplog.text
+        table = store.embedding_table("fake16", 16, impostor.probe())
+        items = [(NS, k, t) for k, t in zip(keys, CORPUS, strict=True)]
+        for vector, text in zip(table.get(items), CORPUS, strict=True):
+            assert vector is not None
+            expected = concept16([text])[0]
+            norm = math.sqrt(sum(x * x for x in expected))
+            assert vector.tolist() == pytest.approx([x / norm for x in expected], abs=1e-6)
+    fresh = HybridRetriever(InMemoryStore(), embedder=concept16, **PLAIN)
+    _add_corpus(fresh)
+    assert got == [(h.key, h.dense_rank) for h in fresh.search(NS, "my puppy", k=6)]
+    assert any(rank is not None for _, rank in got)
+
+
+def test_deleted_memories_leave_no_vectors(tmp_path: Path) -> None:
+    with ChromaStore(tmp_path / "memory") as store:
+        e = Embedder.wrap(CountingEmbeddings(), name="fake16")
+        r = HybridRetriever(store, embedder=e)
+        keys = _add_corpus(r)
+        _add_corpus(r, ("memories", "u2"))
+        table = store.embedding_table(e.name, e.dims, e.probe())
+        assert table.count() == 2 * len(CORPUS)
+        r.delete(NS, keys[0])
+        assert table.count() == 2 * len(CORPUS) - 1
+        store.clear(("memories", "u2"))
+        assert table.count() == len(CORPUS) - 1
+        assert table.get([(NS, keys[1], CORPUS[1]), (NS, keys[1], "other text")])[1] is None
+
+
+class FlakyEmbeddings(CountingEmbeddings):
+    """Works until `fail` is set; then raises, or puts a NaN in the last vector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail: str | None = None
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        vectors = super().embed_documents(texts)
+        if self.fail == "raise":
+            raise TimeoutError("embedding server timed out")
+        if self.fail == "nan":
+            vectors[-1] = [math.nan] * len(vectors[-1])
+        return vectors
+
+
+@pytest.mark.parametrize("how", ["raise", "nan"])
+def test_a_failed_add_writes_nothing_and_keeps_what_was_stored(tmp_path: Path, how: str) -> None:
+    with ChromaStore(tmp_path / "memory") as store:
+        flaky = FlakyEmbeddings()
+        r = HybridRetriever(store, embedder=Embedder.wrap(flaky, name="flaky"))
+        keys = _add_corpus(r)
+        before = {it.key: it.value for it in store.search(NS, limit=100)}
+        table = store.embedding_table("flaky", 16, r.embedder.probe())  # type: ignore[union-attr]
+        items = [(NS, k, t) for k, t in zip(keys, CORPUS, strict=True)]
+        kept = [v.tolist() for v in table.get(items)]
+        ranking = _ranking(r, "deploy key vault")
+        flaky.fail = how
+        batch = [
+            {"text": "A brand new memory about the deploy key"},  # new
+            {"text": "The deploy key moved to a new vault", "kind": "note"},  # an update
+            *({"text": f"filler memory {i}"} for i in range(40)),
+        ]
+        with pytest.raises(EmbeddingError, match="'flaky'") as info:
+            r.add(NS, batch, keys=["new", keys[0], *(f"f{i}" for i in range(40))])
+        assert isinstance(info.value, LlmctxError)
+        assert {it.key: it.value for it in store.search(NS, limit=100)} == before
+        assert [v.tolist() for v in table.get(items)] == kept
+        assert table.count() == len(CORPUS)
+        flaky.fail = None
+        assert _ranking(r, "deploy key vault") == ranking  # the index is untouched too
+    with ChromaStore(tmp_path / "memory") as store:  # and so is what a new process reads
+        r = HybridRetriever(store, embedder=Embedder.wrap(CountingEmbeddings(), name="flaky"))
+        assert _ranking(r, "deploy key vault") == ranking
+
+
+def test_a_failing_query_embedding_is_an_embedding_error(store: InMemoryStore) -> None:
+    def broken(texts: list[str]) -> list[list[float]]:
+        raise ConnectionError("no route to host")
+
+    r = HybridRetriever(store, embedder=Embedder.wrap(broken, name="remote", dims=4))
+    with pytest.raises(EmbeddingError, match=r"'remote' failed .*no route to host"):
+        r.search(NS, "anything")
+    with pytest.raises(EmbeddingError, match="'remote'"):
+        _add_corpus(r)
+    assert store.search(NS) == []

@@ -37,7 +37,7 @@ from langgraph.store.base import (
 )
 from langgraph.store.memory import InMemoryStore
 
-from llmctx.runtime.errors import LlmctxError
+from llmctx.runtime.errors import EmbeddingError, LlmctxError
 from llmctx.runtime.memory import ChromaStore, MemoryStoreError
 
 DIMS = 32
@@ -857,8 +857,44 @@ def test_bad_construction_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(MemoryStoreError, match="embed"):
         ChromaStore(tmp_path, index={"dims": 3})  # type: ignore[typeddict-item]
     store = ChromaStore(tmp_path, collection="dims", index={**INDEX, "dims": 3})
-    with pytest.raises(MemoryStoreError, match="dims"):
+    with pytest.raises(EmbeddingError, match="dims"):
         store.put(("n",), "k", {"text": "x"})
+
+
+@pytest.mark.parametrize("how", ["raise", "nan", "count"])
+def test_a_failing_index_embedder_writes_nothing(tmp_path: Path, how: str) -> None:
+    """An embedder failure is an EmbeddingError, raised before any write of the batch."""
+    fail: list[str] = []
+
+    def flaky(texts: list[str]) -> list[list[float]]:
+        vectors = bow_embed(texts)
+        if fail and fail[0] == "raise":
+            raise TimeoutError("embedding server timed out")
+        if fail and fail[0] == "nan":
+            vectors[-1][0] = float("nan")  # the last text of the batch: failing midway
+        if fail and fail[0] == "count":
+            vectors = vectors[:-1]
+        return vectors
+
+    index = {"dims": DIMS, "embed": flaky, "fields": ["text"]}
+    with ChromaStore(tmp_path / "m", collection="flaky", index=index) as store:
+        store.put(("n",), "a", {"text": "apple pie"})
+        store.put(("n",), "b", {"text": "engine oil"})
+        before = [(i.key, i.value) for i in store.search(("n",), query="engine oil")]
+        fail.append(how)
+        ops = [
+            PutOp(("n",), "a", {"text": "apple crumble"}),  # an update
+            PutOp(("n",), "b", None),  # a delete
+            *(PutOp(("n",), f"new{i}", {"text": f"new memory {i}"}) for i in range(30)),
+        ]
+        with pytest.raises(EmbeddingError, match="index embedder") as info:
+            store.batch(ops)
+        assert isinstance(info.value, LlmctxError)
+        with pytest.raises(EmbeddingError):
+            asyncio.run(store.abatch(ops))
+        fail.clear()
+        assert [(i.key, i.value) for i in store.search(("n",), query="engine oil")] == before
+        assert store.count() == 2
 
 
 def test_chroma_embedding_functions_and_no_default_model(

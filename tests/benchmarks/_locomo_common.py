@@ -5,7 +5,8 @@
   data set), and a loader for every conversation of a LoCoMo file;
 - `RecordingSummaryModel`, a langchain-core fake chat model that records the prompts it
   is sent and answers with a deterministic extract of them;
-- answer normalization for answer containment;
+- answer normalization for answer containment, strict (the answer string) and by
+  tokens (the fraction of the answer's content tokens);
 - embedders for the memory benchmarks: the local MiniLM (offline), a shared vector
   cache over it, and a hashing stand-in for smoke runs.
 """
@@ -33,7 +34,12 @@ from llmctx.runtime.embeddings import Embedder, make_embedder
 from llmctx.runtime.errors import ConfigError
 from llmctx.runtime.settings import Settings
 from llmctx.runtime.tokens import OFFLINE_ENCODING, TokenCounter
-from llmctx.runtime.transcripts import Transcript, load_transcript, transcript_info
+from llmctx.runtime.transcripts import (
+    Transcript,
+    load_transcript,
+    message_meta,
+    transcript_info,
+)
 
 BENCH_MODEL = "gpt-4"
 """A cl100k model: the data README's budgets are in cl100k tokens."""
@@ -211,6 +217,59 @@ def contains_answer(context: str, answer: str | None) -> bool:
 def message_texts(messages: Sequence[BaseMessage]) -> str:
     """The normalized text of a prompt, for answer containment."""
     return normalize_text("\n".join(m.text for m in messages))
+
+
+def dated_texts(messages: Sequence[BaseMessage]) -> str:
+    """The normalized text of a whole conversation with each session's date before it.
+
+    The context a model given the full conversation would read (LoCoMo's full-context
+    setting): answers to "when" questions are dates, which the turns' texts rarely say.
+    """
+    lines: list[str] = []
+    last: str | None = None
+    for m in messages:
+        when = message_meta(m).get("session_time")
+        if isinstance(when, str) and when != last:
+            lines.append(when)
+            last = when
+        lines.append(m.text)
+    return normalize_text("\n".join(lines))
+
+
+_FUNCTION_TEXT = (
+    "a an the and or but nor of in on at to for from by with about as into than then is "
+    "are was were be been being am do does did has have had it its this that these those "
+    "he she they them his her hers him their theirs i me my we us our you your not no so "
+    "if there here which who whom what"
+)
+_FUNCTION_WORDS = frozenset(_FUNCTION_TEXT.split())
+_DIGIT_LETTER = re.compile(r"(?<=\d)(?=[^\W\d_])|(?<=[^\W\d_])(?=\d)")
+
+
+def token_set(normalized: str) -> set[str]:
+    """The tokens of a `normalize_text` result, digits split from letters ("24june")."""
+    return set(_DIGIT_LETTER.sub(" ", normalized).split())
+
+
+def answer_tokens(answer: str | None) -> set[str]:
+    """The content tokens of a gold answer: SQuAD-normalized, digits split from letters,
+    function words left out (all of its tokens if it has nothing else)."""
+    if answer is None:
+        return set()
+    tokens = token_set(normalize_text(str(answer)))
+    content = {t for t in tokens if t not in _FUNCTION_WORDS}
+    return content or tokens
+
+
+def token_containment(context_tokens: set[str], answer: str | None) -> float | None:
+    """The fraction of the answer's content tokens present in the context (None: no
+    tokens). SQuAD's token recall against the whole context: partial credit for an
+    answer the context states in other words or pieces ("The week before 2 April 2023"
+    against a turn dated "8 April, 2023" saying "last week")."""
+    tokens = answer_tokens(answer)
+    if not tokens:
+        return None
+    return len(tokens & context_tokens) / len(tokens)
 
 
 # -- embedders -------------------------------------------------------------------------
