@@ -21,10 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AnyMessage, BaseMessage, SystemMessage
 from langgraph.graph.message import add_messages
+
+# typing_extensions: pydantic (graph JSON schemas, LangGraph Studio) rejects
+# typing.TypedDict on Python < 3.12.
+from typing_extensions import TypedDict
 
 from llmctx.nodes._window import results_after_calls
 from llmctx.runtime.errors import ConfigError

@@ -667,3 +667,11 @@ def test_a_malformed_tool_call_gets_an_error_result_and_the_model_retries() -> N
     assert [m.type for m in retry[-3:]] == ["human", "ai", "tool"]
     assert retry[-1].tool_call_id == "bad1" and retry[-1].status == "error"
     assert "malformed" in retry[-1].content
+
+
+def test_the_agent_state_has_json_schemas() -> None:
+    """LangGraph Studio (and `langgraph dev`) show the graph's input and output schema;
+    pydantic builds them only from `typing_extensions.TypedDict` on Python < 3.12."""
+    agent = build_agent(RecordingChatModel(responses=[]), [])
+    for schema in (agent.get_input_jsonschema(), agent.get_output_jsonschema()):
+        assert {"messages", "context", "preserved", "switch"} <= set(schema["properties"])
