@@ -42,6 +42,19 @@ text in the window) are appended to it, so providers that accept a single leadin
 system message (Anthropic, Gemini) take the request; `merge_system=False` sends them
 as separate system messages instead.
 
+**Template switches** work as in the graph pipeline (`llmctx.nodes.switch`): an
+explicit request in the `switch` channel (`agent.invoke({"messages": [...], "switch":
+{"template": "business"}}, config)`, `agent.update_state`, or the model calling
+`switch_context_tool()` given in the agent's tools, whose `Command` the agent's tool
+node applies), the run's `ContextConfig.template` (this run only), or the classifier
+with `switching=SwitchPolicy(auto=True)`. The next assembly switches: the outgoing
+frame is kept in `preserved` (switching back restores it), the strategy decides what
+the new template starts from, the version's `last_op.op` is `switch` and the
+`switches` channel logs it. The new template's deps keep this middleware's own: its
+system-prompt policy, and the request's tools and tokenizer. The middleware's
+`template` is the agent's default (what a new thread starts with), like
+`build_context_graph(template=...)`.
+
 **Tool pairs stay atomic.** The window never holds a `ToolMessage` without its call,
 nor a call without all of its results; a last check on the assembled request also
 covers `invalid_tool_calls` (whose error results `create_agent` adds at call time).
@@ -53,7 +66,7 @@ import asyncio
 import hashlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, NotRequired
@@ -80,13 +93,18 @@ from langgraph.types import Command
 from llmctx.nodes import (
     ContextConfig,
     Frame,
+    SwitchLog,
+    SwitchPolicy,
+    SwitchRequest,
     compress_frame,
+    merge_preserved,
     remember_messages,
     retrieve_memories,
     window_messages,
 )
 from llmctx.nodes._deps import NodeDeps, resolve_deps
-from llmctx.runtime.errors import BudgetError, ConfigError
+from llmctx.nodes.switch import SwitchPlan, finish_switch, plan_switch
+from llmctx.runtime.errors import BudgetError, ConfigError, TemplateNotFoundError
 from llmctx.runtime.settings import Settings
 from llmctx.templates import Template
 
@@ -110,9 +128,18 @@ class ContextAgentState(AgentState[Any]):
     mark; `context_key` names what the frame was assembled for (tokenizer, template
     with the sent system prompt, budget, tool-schema tokens), so that the model call
     can tell whether the frame fits its request.
+
+    The switch channels are `ContextState`'s: `preserved` holds the frames of the
+    thread's other templates (merged by `merge_preserved`, restored on switching
+    back), `switch` a pending `SwitchRequest` (input it to switch; the next assembly
+    reads it and sets it back to `None`) and `switches` the thread's `SwitchLog`.
     """
 
     context: NotRequired[Annotated[Frame, OmitFromInput]]
+    # The reducer must come last: LangGraph reads the last annotation as the reducer.
+    preserved: NotRequired[Annotated[dict[str, Frame], OmitFromInput, merge_preserved]]
+    switch: NotRequired[SwitchRequest | None]
+    switches: NotRequired[Annotated[SwitchLog, OmitFromInput]]
     remembered: NotRequired[Annotated[dict[str, Any], PrivateStateAttr]]
     context_key: NotRequired[Annotated[str, PrivateStateAttr]]
 
@@ -128,11 +155,17 @@ class _Seen:
 
 @dataclass(frozen=True)
 class _Plan:
-    """The resolved dependencies for one request, and the key of their frame."""
+    """The resolved dependencies for one request, and the key of their frame.
+
+    `config` is the run's merged `ContextConfig` (with the request's tools and
+    model) and `system` the agent's system message, which the switch stage needs to
+    resolve another template's deps the same way.
+    """
 
     deps: NodeDeps
     key: str
     config: ContextConfig
+    system: SystemMessage | None
 
 
 class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
@@ -150,6 +183,11 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
     `tools` is an optional hint: the tools the agent binds, so that the first turn
     is assembled for them (later turns learn them from the requests). The tools
     actually sent are always the ones counted.
+
+    `template` is the template a new thread starts with; the thread then keeps its own,
+    changed by switches (see the module docstring). `switching` (a `SwitchPolicy` or a
+    dict of its fields) turns on automatic switches and sets the default strategy,
+    like `context_node(switching=...)`.
 
     `system_prompt` chooses the system prompt (see `SystemPromptPolicy`), and
     `merge_system` whether summaries and memories join it in one system message.
@@ -186,6 +224,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
         system_prompt: SystemPromptPolicy = "agent",
         merge_system: bool = True,
         remember: bool | None = None,
+        switching: SwitchPolicy | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if system_prompt not in _POLICIES:
@@ -194,8 +233,10 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
             )
         if budget is not None and budget <= 0:
             raise ConfigError(f"the budget must be positive, got {budget}; pass budget=8000")
+        # The middleware's template is the thread's default, as in `build_context_graph`:
+        # a run's own `ContextConfig.template` and the thread's template beat it.
         self.defaults = ContextConfig(
-            template=template,
+            default_template=template,
             budget=budget,
             model=model,
             workspace=Path(workspace) if workspace is not None else None,
@@ -203,6 +244,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
             summarizer=summarizer,
             user_id=user_id,
             embedder=embedder,
+            switching=SwitchPolicy.coerce(switching) if switching is not None else None,
         )
         self.system_prompt: SystemPromptPolicy = system_prompt
         self.merge_system = merge_system
@@ -217,19 +259,20 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
     def before_model(
         self, state: ContextAgentState, runtime: Runtime[Any]
     ) -> dict[str, Any] | None:
-        """Assemble this turn's window and store the frame (a new context version)."""
-        plan = self._plan(runtime, self._seen)
+        """Assemble this turn's window (switching templates first when asked to) and
+        store the frame (a new context version)."""
+        seen = self._seen
+        config = self._run_config(runtime, seen)
         patches = _invalid_call_results(state["messages"])
         if patches:  # answered in the history, so the pipeline can pair them
             state = {**state, "messages": [*state["messages"], *patches]}
         try:
-            frame = self._assemble(state, runtime, plan)
+            update, _ = self._assemble(state, runtime, config, seen.system)
         except BudgetError:
             # Assembled for the previous request's prompt and tools, which may not be
-            # this one's; the model call re-assembles for its own, and raises if that
-            # does not fit either.
+            # this one's; the model call re-assembles for its own (a pending switch
+            # included), and raises if that does not fit either.
             return {"messages": patches} if patches else None
-        update: dict[str, Any] = {"context": frame, "context_key": plan.key}
         if patches:
             update["messages"] = patches
         return update
@@ -250,7 +293,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
         plan, seen = self._request_plan(request)
         update = None
         if self._stale(request.state, plan):
-            update = self._reassemble(request, plan)
+            update, plan = self._reassemble(request, plan)
         sent = self._window_request(request, plan, update)
         self._learn(seen)
         return _respond(handler(sent), update)
@@ -264,7 +307,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
         plan, seen = self._request_plan(request)
         update = None
         if self._stale(request.state, plan):
-            update = await asyncio.to_thread(self._reassemble, request, plan)
+            update, plan = await asyncio.to_thread(self._reassemble, request, plan)
         sent = self._window_request(request, plan, update)
         self._learn(seen)
         return _respond(await handler(sent), update)
@@ -274,7 +317,9 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
         store = getattr(runtime, "store", None)
         if store is None or self.remember is False:
             return None
-        plan = self._plan(runtime, self._seen)
+        seen = self._seen
+        # The frame's template (after any switch) names the memory namespaces.
+        plan = self._plan(self._run_config(runtime, seen), seen.system, _frame_template(state))
         info = getattr(runtime, "execution_info", None)
         mark = remember_messages(
             state["messages"],
@@ -302,12 +347,31 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
             return context.over(self.defaults)
         return self.defaults
 
-    def _plan(self, runtime: Runtime[Any] | None, seen: _Seen) -> _Plan:
-        """Resolve the pipeline's dependencies for a request that carries `seen`."""
+    def _run_config(self, runtime: Runtime[Any] | None, seen: _Seen) -> ContextConfig:
+        """The run's config for a request that carries `seen` (its tools and model)."""
         config = self._config(runtime)
-        config = replace(config, tools=seen.tools, model=config.model or seen.model)
-        deps = resolve_deps(config)
-        text = self._prompt_text(deps.template, seen.system)
+        return replace(config, tools=seen.tools, model=config.model or seen.model)
+
+    def _plan(
+        self, config: ContextConfig, system: SystemMessage | None, template: str | None = None
+    ) -> _Plan:
+        """Resolve the pipeline's dependencies for `template` (unset: the run's or the
+        default one; the switch stage decides which runs when assembling)."""
+        try:
+            deps = resolve_deps(config, template=template)
+        except TemplateNotFoundError:
+            if template is None:
+                raise
+            # A one-off `Template` of an earlier run: the key will not match, and the
+            # re-assembly's switch stage picks the template that runs now.
+            deps = resolve_deps(config)
+        return self._dressed(deps, config, system)
+
+    def _dressed(
+        self, deps: NodeDeps, config: ContextConfig, system: SystemMessage | None
+    ) -> _Plan:
+        """`deps` with the system prompt this middleware's policy sends, and their key."""
+        text = self._prompt_text(deps.template, system)
         if text != deps.template.system_prompt:
             deps = replace(deps, template=self._with_prompt(deps.template, text))
         counter = deps.counter
@@ -321,15 +385,17 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
             )
         )
         key = hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
-        return _Plan(deps=deps, key=key, config=config)
+        return _Plan(deps=deps, key=key, config=config, system=system)
 
     def _request_plan(self, request: ModelRequest[Any]) -> tuple[_Plan, _Seen]:
+        """The plan for the request, with the template of the stored frame."""
         seen = _Seen(
             system=request.system_message,
             tools=self._stable_tools(_sent_tools(request)),
             model=_model_name(request.model),
         )
-        return self._plan(request.runtime, seen), seen
+        config = self._run_config(request.runtime, seen)
+        return self._plan(config, seen.system, _frame_template(request.state)), seen
 
     def _learn(self, seen: _Seen) -> None:
         """Remember the request, so the next `before_model` assembles for it."""
@@ -380,36 +446,54 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
 
     # -- assembling ------------------------------------------------------------
 
-    def _assemble(self, state: Any, runtime: Runtime[Any] | None, plan: _Plan) -> Frame:
-        """The pipeline step of `llmctx.nodes.compress`, with this request's deps."""
-        messages = state["messages"]
-        previous: Frame = state.get("context") or {}
-        store = getattr(runtime, "store", None)
-        if store is not None and plan.deps.template.retrieval.enabled:
-            memories = retrieve_memories(
-                messages,
-                plan.deps,
-                previous,
-                store,
-                user_id=self._user_id(runtime, plan.config),
-            )
-            previous = {**previous, "memories": memories}
-        info = getattr(runtime, "execution_info", None)
-        version = getattr(info, "checkpoint_id", None) or None
-        return compress_frame(messages, plan.deps, previous, version=version)
+    def _assemble(
+        self,
+        state: Any,
+        runtime: Runtime[Any] | None,
+        config: ContextConfig,
+        system: SystemMessage | None,
+    ) -> tuple[dict[str, Any], _Plan]:
+        """`llmctx.nodes.compress` with this request's deps: the switch stage, then
+        retrieve → budget → prune → summarize. Returns the state update (`context`,
+        `context_key`, and on a switch `preserved`, `switches` and the consumed
+        `switch`) and the plan of the template that ran."""
+        switching = plan_switch(state, config)
+        plan = self._dressed(switching.deps, config, system)
+        switching = _with_deps(switching, plan.deps, state)
+        if switching.exact:  # switched back with nothing new: the preserved frame, exactly
+            update = finish_switch(switching.start, switching)
+        else:
+            messages = state["messages"]
+            deps = plan.deps
+            previous = switching.start
+            store = getattr(runtime, "store", None)
+            if store is not None and deps.template.retrieval.enabled:
+                memories = retrieve_memories(
+                    messages, deps, previous, store, user_id=self._user_id(runtime, config)
+                )
+                if switching.carried:  # `preserving`: the old domain's memories stay too
+                    ids = {m["id"] for m in memories}
+                    memories = [*memories, *(m for m in switching.carried if m["id"] not in ids)]
+                previous = {**previous, "memories": memories}
+            info = getattr(runtime, "execution_info", None)
+            version = getattr(info, "checkpoint_id", None) or None
+            frame = compress_frame(messages, deps, previous, version=version)
+            update = finish_switch(frame, switching)
+        update["context_key"] = plan.key
+        return update, plan
 
     def _stale(self, state: Any, plan: _Plan) -> bool:
-        """Whether the stored frame does not fit this request or this history."""
+        """Whether the stored frame does not fit this request or this history, or a
+        switch is pending."""
         frame = state.get("context")
-        if not frame or state.get("context_key") != plan.key:
+        if not frame or state.get("switch") is not None or state.get("context_key") != plan.key:
             return True
         messages = state["messages"]
         tail = str(messages[-1].id) if messages else ""
         return frame.get("history_messages") != len(messages) or frame.get("history_tail") != tail
 
-    def _reassemble(self, request: ModelRequest[Any], plan: _Plan) -> dict[str, Any]:
-        frame = self._assemble(request.state, request.runtime, plan)
-        return {"context": frame, "context_key": plan.key}
+    def _reassemble(self, request: ModelRequest[Any], plan: _Plan) -> tuple[dict[str, Any], _Plan]:
+        return self._assemble(request.state, request.runtime, plan.config, plan.system)
 
     # -- the request -----------------------------------------------------------
 
@@ -469,6 +553,34 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
         else:
             content = [*first.content, *({"type": "text", "text": t} for t in texts)]
         return SystemMessage(content=content, id=_SYSTEM_ID), rest
+
+
+def _frame_template(state: Any) -> str | None:
+    """The template of the stored frame (the thread's active one), if any."""
+    frame = state.get("context") or {}
+    name = frame.get("template")
+    return name if isinstance(name, str) and name else None
+
+
+def _with_deps(switching: SwitchPlan, deps: NodeDeps, state: Any) -> SwitchPlan:
+    """The switch plan with the middleware's deps (its system prompt in the template).
+
+    `plan_switch` prepared the start frame for the registry's template; the two differ
+    only in the system prompt, so the pins it matched hold for `deps.template` too,
+    and a restored frame is exact only when it was built with this very prompt.
+    """
+    base = switching.deps.template.fingerprint
+    mine = deps.template.fingerprint
+    if not switching.switched or base == mine:
+        return replace(switching, deps=deps)
+    start = switching.start
+    if start.get("template_hash") == base:
+        start = {**start, "template_hash": mine}
+    exact = switching.exact
+    if exact:
+        kept = (state.get("preserved") or {}).get(deps.template.name) or {}
+        exact = kept.get("template_hash") == mine
+    return replace(switching, deps=deps, start=start, exact=exact)
 
 
 def _sent_tools(request: ModelRequest[Any]) -> list[Any]:

@@ -58,9 +58,16 @@ from langgraph.store.memory import InMemoryStore
 from pydantic import BaseModel, Field, create_model
 
 from llmctx.graphs.middleware import ContextMiddleware
-from llmctx.nodes import ContextConfig
+from llmctx.nodes import ContextConfig, compress_frame, switch_context_tool, switch_stats
 from llmctx.nodes._deps import resolve_deps
-from llmctx.runtime import BudgetError, ConfigError, Settings, TokenCounter, open_saver
+from llmctx.runtime import (
+    BudgetError,
+    ConfigError,
+    Settings,
+    SwitchError,
+    TokenCounter,
+    open_saver,
+)
 from llmctx.runtime import versions as V
 from llmctx.runtime.tokens import REPLY_PRIMING
 from tests._strategies import histories
@@ -825,3 +832,260 @@ def test_every_request_fits_and_pairs(data: st.DataObject) -> None:
     assert provider_problems(full) == []
     assert not any(isinstance(m, SystemMessage) for m in sent.messages[:1])
     assert messages == state["messages"]  # the history is untouched
+
+
+# -- template switches -------------------------------------------------------------------
+
+BUSINESS_PROMPT = resolve_deps(
+    ContextConfig(template="business", settings=SETTINGS)
+).template.system_prompt
+
+
+def prompt_of(call: Call) -> str:
+    """The system message the model got (the prompt, then any merged summaries)."""
+    assert isinstance(call.messages[0], SystemMessage)
+    return str(call.messages[0].content)
+
+
+def chat(text: str, i: int) -> HumanMessage:
+    return HumanMessage(text, id=f"u{i}")
+
+
+def answers(n: int) -> list[AIMessage]:
+    return [
+        AIMessage(f"Answer {i}: here is what I found, with the details. " * 3) for i in range(n)
+    ]
+
+
+def switch_agent(middleware: ContextMiddleware, script: list[AIMessage], tools: Sequence[Any] = ()):
+    run = run_agent(middleware, script, [], tools=tools, thread="sw")
+    return run.agent, run.model, run.config
+
+
+def test_explicit_switch_via_the_state_field_and_back() -> None:
+    budget = 3_000
+    agent, model, config = switch_agent(ours(budget, system_prompt="template"), answers(4))
+    agent.invoke({"messages": [chat("How do I make sourdough bread?", 0)]}, config)
+    assert prompt_of(model.calls[-1]).startswith(TEMPLATE_PROMPT.strip())
+
+    out = agent.invoke(
+        {
+            "messages": [chat("Let's price our bakery's products.", 1)],
+            "switch": {"template": "business", "strategy": "aggressive", "reason": "pricing"},
+        },
+        config,
+    )
+    # The model got the new template's prompt, on the turn the request was sent.
+    assert prompt_of(model.calls[-1]).startswith(BUSINESS_PROMPT.strip())
+    frame = out["context"]
+    assert frame["template"] == "business" and frame["thread_template"] == "business"
+    assert frame["last_op"]["op"] == "switch"
+    assert frame["last_op"]["reason"].startswith("explicit: pricing; general → business")
+    assert frame["window"][0]["content"] == BUSINESS_PROMPT.strip()
+    # `aggressive`: the earlier turn is inside one hand-off summary, not shown.
+    shown = {it["id"] for it in frame["window"] if it["kind"] == "message"}
+    assert "u0" not in shown and "u1" in shown
+    assert [s["method"].split(":")[0] for s in frame["summaries"]] == ["handoff"]
+    state = agent.get_state(config).values
+    assert state["switch"] is None
+    assert set(state["preserved"]) == {"general"}
+    assert switch_stats(state).count == 1
+    assert model.calls[-1].tokens <= budget
+
+    # The thread keeps its new template without asking again.
+    out = agent.invoke({"messages": [chat("And the margins?", 2)]}, config)
+    assert out["context"]["template"] == "business"
+    assert out["context"]["last_op"]["op"] != "switch"
+    assert prompt_of(model.calls[-1]).startswith(BUSINESS_PROMPT.strip())
+
+    # Switching back restores the preserved general frame: its look-back starts at
+    # the first turn again, so the turn the hand-off summary covered is back in view.
+    out = agent.invoke(
+        {
+            "messages": [chat("Back to baking: how long to proof?", 3)],
+            "switch": {"template": "general"},
+        },
+        config,
+    )
+    frame = out["context"]
+    assert frame["template"] == "general" and frame["last_op"]["op"] == "switch"
+    assert frame["last_switch"]["restored"] is True
+    assert frame["last_switch"]["strategy"] == "optimal"
+    shown = {it["id"] for it in frame["window"] if it["kind"] == "message"}
+    assert {"u0", "u1", "u2", "u3"} <= shown
+    assert not any(s.get("method", "").startswith("handoff") for s in frame.get("summaries", []))
+    assert prompt_of(model.calls[-1]).startswith(TEMPLATE_PROMPT.strip())
+    state = agent.get_state(config).values
+    assert set(state["preserved"]) == {"business"}
+    assert [t["to"] for t in switch_stats(state).transitions] == ["business", "general"]
+
+
+def test_switched_template_keeps_the_middleware_prompt_policy() -> None:
+    """With `system_prompt="agent"` the agent's prompt is still what the model gets
+    after a switch, and with "both" the new template's prompt follows it."""
+    for policy, expect in (
+        ("agent", AGENT_PROMPT),
+        ("both", f"{AGENT_PROMPT}\n\n{BUSINESS_PROMPT.strip()}"),
+    ):
+        agent, model, config = switch_agent(ours(3_000, system_prompt=policy), answers(2))
+        agent.invoke({"messages": [chat("hello", 0)]}, config)
+        out = agent.invoke(
+            {"messages": [chat("pricing", 1)], "switch": {"template": "business"}}, config
+        )
+        assert out["context"]["template"] == "business"
+        assert out["context"]["last_op"]["op"] == "switch"
+        assert prompt_of(model.calls[-1]).startswith(expect), policy
+        assert out["context"]["window"][0]["content"] == expect
+
+
+def test_switch_context_tool_switches_the_next_model_call() -> None:
+    tool_ = switch_context_tool(["general", "business"])
+    call = {
+        "name": "switch_context",
+        "args": {"template": "business", "reason": "pricing"},
+        "id": "s1",
+    }
+    script = [AIMessage("", tool_calls=[call]), AIMessage("Here is a pricing model.")]
+    agent, model, config = switch_agent(
+        ours(3_000, system_prompt="template"), script, tools=[read_file, tool_]
+    )
+    out = agent.invoke({"messages": [chat("Help me price three SaaS tiers.", 0)]}, config)
+    assert len(model.calls) == 2
+    assert prompt_of(model.calls[0]).startswith(TEMPLATE_PROMPT.strip())
+    assert prompt_of(model.calls[1]).startswith(BUSINESS_PROMPT.strip())
+    frame = out["context"]
+    assert frame["template"] == "business" and frame["last_op"]["op"] == "switch"
+    assert frame["last_op"]["reason"].startswith("tool: pricing; general → business")
+    # The tool's call and its result stay paired in the switched window.
+    assert provider_problems(model.calls[1].messages) == []
+    assert [m.type for m in model.calls[1].messages] == ["system", "human", "ai", "tool"]
+    state = agent.get_state(config).values
+    assert state["switch"] is None and switch_stats(state).count == 1
+    assert all(c.tokens <= 3_000 for c in model.calls)
+
+
+@pytest.mark.parametrize("strategy", ["minimal", "optimal", "aggressive", "preserving"])
+def test_budget_stays_exact_after_a_switch(strategy: str) -> None:
+    """Unmerged system text: the request is exactly the frame's count, under a budget
+    tight enough to prune and summarize, on every call around the switch (tools
+    added by an outer middleware on alternate calls force re-assemblies too)."""
+    budget = 1_900
+    model = RecordingChatModel(responses=file_turns(4, 3))
+    config = {"configurable": {"thread_id": "sw"}}
+    agent = create_agent(
+        model,
+        [read_file, *report_tools(2)],
+        system_prompt=AGENT_PROMPT,
+        middleware=[NarrowTools(), ours(budget, system_prompt="template", merge_system=False)],
+        checkpointer=InMemorySaver(),
+    )
+    for t in range(4):
+        payload: dict[str, Any] = {"messages": [question(t)]}
+        if t == 2:
+            payload["switch"] = {"template": "business", "strategy": strategy}
+        out = agent.invoke(payload, config)
+        last = model.calls[-1]
+        assert last.tokens == out["context"]["window_tokens"] <= budget
+        assert provider_problems(last.messages) == []
+    assert all(c.tokens <= budget for c in model.calls)
+    state = agent.get_state(config).values
+    assert state["context"]["template"] == "business"
+    assert switch_stats(state).count == 1  # re-assemblies did not switch again
+    switched = V.history(agent.checkpointer, "sw", ops=["switch"])
+    assert [(v.op, v.template) for v in switched] == [("switch", "business")]
+
+
+def test_auto_switching_with_a_policy() -> None:
+    call = {"name": "read_file", "args": {"path": "q3.csv"}, "id": "r1"}
+    script = [
+        AIMessage("Hello! How can I help?"),
+        AIMessage("", tool_calls=[call]),
+        AIMessage("Revenue is up; here is the forecast."),
+        AIMessage("Glad to help."),
+    ]
+    mw = ours(3_000, system_prompt="template", switching={"auto": True})
+    agent, model, config = switch_agent(mw, script, tools=[read_file])
+    out = agent.invoke({"messages": [chat("hello there", 0)]}, config)
+    assert out["context"]["template"] == "general"
+    assert "switches" not in agent.get_state(config).values
+    text = "Help me prepare the quarterly revenue forecast and pricing for the board"
+    out = agent.invoke({"messages": [chat(text, 1)]}, config)
+    frame = out["context"]
+    assert frame["template"] == "business"
+    assert frame["last_switch"]["trigger"] == "auto" and frame["last_switch"]["score"] >= 0.35
+    # Both model calls of the turn (before and after the tool) got the business prompt,
+    # and the second call did not re-classify the same message.
+    assert all(prompt_of(c).startswith(BUSINESS_PROMPT.strip()) for c in model.calls[1:3])
+    assert switch_stats(agent.get_state(config).values).count == 1
+    # Without the policy the same conversation stays on its template.
+    plain, _, plain_config = switch_agent(
+        ours(3_000, system_prompt="template"), script, tools=[read_file]
+    )
+    plain.invoke({"messages": [chat("hello there", 0)]}, plain_config)
+    out = plain.invoke({"messages": [chat(text, 1)]}, plain_config)
+    assert out["context"]["template"] == "general"
+
+
+def test_async_switch_and_errors() -> None:
+    agent, model, config = switch_agent(ours(3_000, system_prompt="template"), answers(3))
+
+    async def main() -> dict[str, Any]:
+        await agent.ainvoke({"messages": [chat("hi", 0)]}, config)
+        return await agent.ainvoke(
+            {"messages": [chat("pricing", 1)], "switch": {"template": "business"}}, config
+        )
+
+    out = asyncio.run(main())
+    assert out["context"]["template"] == "business" and out["context"]["last_op"]["op"] == "switch"
+    assert prompt_of(model.calls[-1]).startswith(BUSINESS_PROMPT.strip())
+    # An unknown template is a SwitchError before anything changes.
+    with pytest.raises(SwitchError, match="nope"):
+        agent.invoke({"messages": [chat("x", 2)], "switch": {"template": "nope"}}, config)
+    assert agent.get_state(config).values["context"]["template"] == "business"
+    with pytest.raises(SwitchError, match="unknown SwitchPolicy field"):
+        ContextMiddleware(switching={"bogus": 1})
+
+
+def test_switching_back_with_nothing_new_restores_the_frame_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The `exact` path: the preserved frame is current for the history, so it comes
+    back as it was (with the agent's prompt the middleware put in it), not rebuilt."""
+    import llmctx.graphs.middleware as M
+
+    builds: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        builds.append(1)
+        return compress_frame(*args, **kwargs)
+
+    monkeypatch.setattr(M, "compress_frame", counted)
+    mw = ours(3_000)  # system_prompt="agent": the frames carry the agent's prompt
+    agent, _, config = switch_agent(mw, answers(1))
+    agent.invoke({"messages": [chat("hello", 0)]}, config)  # the middleware learns the prompt
+    runtime = Runtime(context=None, store=None)
+    messages = [chat("What should our pricing be?", 9)]
+    first = mw.before_model({"messages": messages}, runtime)
+    assert first is not None
+    general = first["context"]
+    assert general["window"][0]["content"] == AGENT_PROMPT
+    state: dict[str, Any] = {"messages": messages, **first, "switch": {"template": "business"}}
+    second = mw.before_model(state, runtime)
+    assert second is not None and second["context"]["template"] == "business"
+    assert second["preserved"]["general"]["template_hash"] == general["template_hash"]
+    state = {
+        "messages": messages,
+        "context": second["context"],
+        "preserved": second["preserved"],
+        "switch": {"template": "general"},
+    }
+    built = len(builds)
+    back = mw.before_model(state, runtime)
+    assert back is not None
+    assert len(builds) == built  # restored as is, not re-assembled
+    frame = back["context"]
+    assert frame["last_op"]["op"] == "switch" and frame["last_switch"]["restored"] is True
+    for key in ("window", "window_tokens", "template_hash", "summaries", "tiers"):
+        assert frame[key] == general[key], key
+    assert back["preserved"] == {"general": None, "business": back["preserved"]["business"]}
+    assert back["switch"] is None
