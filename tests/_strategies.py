@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import importlib
 import itertools
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -685,3 +686,44 @@ def note_frame(frame: Frame) -> None:
         event("frame: placeholder")
     if any(s.get("level", 0) >= 1 for s in frame.get("summaries", [])):
         event("frame: merged summary")
+
+
+def legit_budget_error(
+    messages: Sequence[BaseMessage], pinned: Iterable[str], deps: NodeDeps
+) -> bool:
+    """A `BudgetError` is allowed only when what must be shown cannot fit: the system
+    prompt, tool schemas and every pin (whole tool units, at full size: an upper
+    bound) exceed the budget."""
+    counter = deps.counter
+    must = deps.tools_tokens + REPLY_PRIMING
+    must += counter.count_message(SystemMessage(deps.template.system_prompt.strip()))
+    policy = deps.template.pinned
+    wanted = set(pinned) | set(policy.ids)
+    humans = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
+    pins: set[int] = set(humans[-1:])
+    for i, m in enumerate(messages):
+        if all(isinstance(p, SystemMessage) for p in messages[: i + 1]):
+            pins.add(i)
+        if (
+            m.id in wanted
+            or m.type in policy.roles
+            or any(re.search(p, m.text) for p in policy.patterns)
+        ):
+            pins.add(i)
+    # A pinned message in a tool unit pins the whole unit.
+    calls = {cid: i for i, m in enumerate(messages) for cid in call_ids(m)}
+    for i in list(pins):
+        m = messages[i]
+        if isinstance(m, ToolMessage) and m.tool_call_id in calls:
+            pins.add(calls[m.tool_call_id])
+    for i in list(pins):
+        m = messages[i]
+        if call_ids(m):
+            ids = set(call_ids(m))
+            pins.update(
+                j
+                for j, r in enumerate(messages)
+                if isinstance(r, ToolMessage) and r.tool_call_id in ids
+            )
+    must += sum(counter.count_message(messages[i]) for i in pins)
+    return must > deps.budget

@@ -14,14 +14,12 @@ The examples add up to 1,150 generated conversations per run
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.messages.tool import ToolCall, tool_call
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.runtime import Runtime
@@ -35,7 +33,6 @@ from llmctx.nodes.prune import prune_window
 from llmctx.nodes.state import Frame
 from llmctx.nodes.summarize import needs_summary, summarize, summarize_window
 from llmctx.runtime import BudgetError, Settings
-from llmctx.runtime.tokens import REPLY_PRIMING
 from llmctx.templates.schema import PruningPolicy, SummarizationPolicy
 from tests._strategies import (
     TOOL_SCHEMA,
@@ -48,6 +45,7 @@ from tests._strategies import (
     conversations,
     forget_other_threads,
     fresh_counter,
+    legit_budget_error,
     make_deps,
     note_frame,
     note_shapes,
@@ -76,45 +74,6 @@ _FAST = {
 }
 
 
-def _legit_budget_error(messages: Sequence[BaseMessage], frame: Frame, deps: NodeDeps) -> bool:
-    """A `BudgetError` is allowed only when what must be shown cannot fit: the system
-    prompt, tool schemas and every pin (whole tool units, at full size: an upper
-    bound) exceed the budget."""
-    counter = deps.counter
-    must = deps.tools_tokens + REPLY_PRIMING
-    must += counter.count_message(SystemMessage(deps.template.system_prompt.strip()))
-    policy = deps.template.pinned
-    wanted = set(frame.get("pinned", [])) | set(policy.ids)
-    humans = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
-    pins: set[int] = set(humans[-1:])
-    for i, m in enumerate(messages):
-        if all(isinstance(p, SystemMessage) for p in messages[: i + 1]):
-            pins.add(i)
-        if (
-            m.id in wanted
-            or m.type in policy.roles
-            or any(re.search(p, m.text) for p in policy.patterns)
-        ):
-            pins.add(i)
-    # A pinned message in a tool unit pins the whole unit.
-    calls = {cid: i for i, m in enumerate(messages) for cid in call_ids(m)}
-    for i in list(pins):
-        m = messages[i]
-        if isinstance(m, ToolMessage) and m.tool_call_id in calls:
-            pins.add(calls[m.tool_call_id])
-    for i in list(pins):
-        m = messages[i]
-        if call_ids(m):
-            ids = set(call_ids(m))
-            pins.update(
-                j
-                for j, r in enumerate(messages)
-                if isinstance(r, ToolMessage) and r.tool_call_id in ids
-            )
-    must += sum(counter.count_message(messages[i]) for i in pins)
-    return must > deps.budget
-
-
 def _run_stages(conv: Conversation, deps: NodeDeps) -> Frame | None:
     """assemble → prune → summarize, each checked; then the one-step pipeline."""
     messages = conv.messages
@@ -128,7 +87,9 @@ def _run_stages(conv: Conversation, deps: NodeDeps) -> Frame | None:
         assembled = assemble_window(messages, deps, start)
     except BudgetError:
         event("BudgetError")
-        assert _legit_budget_error(messages, start, deps), "BudgetError while pins fit"
+        assert legit_budget_error(messages, start.get("pinned", []), deps), (
+            "BudgetError while pins fit"
+        )
         return None
     check_frame(messages, assembled, deps, where="assemble")
     reported = frozenset(p["id"] for p in assembled["pruned"])
@@ -229,7 +190,9 @@ def _replay(conv: Conversation, deps: NodeDeps, cuts: list[int], *, check: bool)
         try:
             new = compress_frame(prefix, deps, frame, version=f"v{t}")
         except BudgetError:
-            assert _legit_budget_error(prefix, frame, deps), f"turn {t}: BudgetError"
+            assert legit_budget_error(prefix, frame.get("pinned", []), deps), (
+                f"turn {t}: BudgetError"
+            )
             break
         if check:
             check_frame(prefix, new, deps, where=f"turn {t}")
@@ -304,7 +267,7 @@ def test_the_graph_keeps_the_invariants_turn_by_turn(
         try:
             graph.invoke({"messages": conv.messages[done:end]}, config)
         except BudgetError:
-            assert _legit_budget_error(conv.messages[:end], frame, deps)
+            assert legit_budget_error(conv.messages[:end], frame.get("pinned", []), deps)
             return
         done = end
         state = graph.get_state(config).values

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,6 @@ from llmctx.nodes import (
 from llmctx.nodes._deps import NodeDeps
 from llmctx.runtime import BudgetError, SwitchError, TokenCounter, history, open_saver
 from llmctx.runtime import versions as V
-from llmctx.runtime.tokens import REPLY_PRIMING
 from llmctx.templates import Template, TemplateRegistry, load_template
 from llmctx.templates.schema import PinPolicy, Triggers
 from tests._strategies import (
@@ -56,6 +54,7 @@ from tests._strategies import (
     check_frame,
     check_transition,
     conversations,
+    legit_budget_error,
     make_deps,
     renewed,
     templates,
@@ -679,45 +678,6 @@ def _renamed(template: Template, name: str, pins: PinPolicy | None = None) -> Te
     return template.model_copy(update=update)
 
 
-def _legit(messages: Sequence[BaseMessage], pinned: set[str], deps: NodeDeps) -> bool:
-    """A BudgetError is allowed only when what must be shown cannot fit: the system
-    prompt, tool schemas and every pin (whole tool units at full size: an upper bound)
-    exceed the budget (as in test_pipeline_properties)."""
-    counter = deps.counter
-    must = deps.tools_tokens + REPLY_PRIMING
-    must += counter.count_message(SystemMessage(deps.template.system_prompt.strip()))
-    policy = deps.template.pinned
-    wanted = pinned | set(policy.ids)
-    humans = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
-    pins: set[int] = set(humans[-1:])
-    for i, m in enumerate(messages):
-        if all(isinstance(p, SystemMessage) for p in messages[: i + 1]):
-            pins.add(i)
-        if (
-            m.id in wanted
-            or m.type in policy.roles
-            or any(re.search(p, m.text) for p in policy.patterns)
-        ):
-            pins.add(i)
-    calls = {
-        c["id"]: i for i, m in enumerate(messages) if isinstance(m, AIMessage) for c in m.tool_calls
-    }
-    for i in list(pins):
-        m = messages[i]
-        if isinstance(m, ToolMessage) and m.tool_call_id in calls:
-            pins.add(calls[m.tool_call_id])
-    for i in list(pins):
-        m = messages[i]
-        if isinstance(m, AIMessage) and m.tool_calls:
-            ids = {c["id"] for c in m.tool_calls}
-            pins.update(
-                j
-                for j, r in enumerate(messages)
-                if isinstance(r, ToolMessage) and r.tool_call_id in ids
-            )
-    return must + sum(counter.count_message(messages[i]) for i in pins) > deps.budget
-
-
 def _carried_pins(outgoing: Frame, strategy: str) -> set[str]:
     pins = set(outgoing.get("pinned", []))
     if strategy == "preserving":
@@ -753,7 +713,7 @@ def test_every_strategy_keeps_the_invariants(
     try:
         result = switch_frame(messages, b, outgoing, strategy=strategy)
     except BudgetError:
-        assert _legit(messages, _carried_pins(outgoing, strategy), b)
+        assert legit_budget_error(messages, _carried_pins(outgoing, strategy), b)
         event("outcome: legit BudgetError on switch")
         return
     frame = result.frame
@@ -808,7 +768,7 @@ def test_the_pipeline_switch_keeps_the_invariants(
     try:
         update = compress(state, Runtime(context=ctx))  # type: ignore[arg-type]
     except BudgetError:
-        assert _legit(messages, _carried_pins(outgoing, strategy), b)
+        assert legit_budget_error(messages, _carried_pins(outgoing, strategy), b)
         event("outcome: legit BudgetError on switch")
         return
     frame = update["context"]
