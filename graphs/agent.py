@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -49,6 +49,7 @@ from llmctx.nodes import (
 from llmctx.runtime.errors import ConfigError
 from llmctx.runtime.models import chat_model
 from llmctx.runtime.settings import Settings
+from llmctx.runtime.toolpairs import invalid_call_results
 
 __all__ = ["AgentState", "apply_switch", "build_agent"]
 
@@ -200,42 +201,14 @@ def _model_node(chat: BaseChatModel, tools: list[BaseTool]) -> Runnable:
     bound: Runnable = chat.bind_tools(tools) if tools else chat
 
     def call_model(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
-        return {"messages": _with_error_results(bound.invoke(window_messages(state), config))}
+        reply = bound.invoke(window_messages(state), config)
+        return {"messages": [reply, *invalid_call_results([reply])]}
 
     async def acall_model(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
         reply = await bound.ainvoke(window_messages(state), config)
-        return {"messages": _with_error_results(reply)}
+        return {"messages": [reply, *invalid_call_results([reply])]}
 
     return RunnableLambda(call_model, acall_model, name="model")
-
-
-def _with_error_results(reply: BaseMessage) -> list[BaseMessage]:
-    """The model's reply, followed by an error result for each malformed tool call.
-
-    Providers are sent `invalid_tool_calls` as calls, so each needs a result before
-    the next model call; the error tells the model to retry with valid arguments.
-    """
-    out: list[BaseMessage] = [reply]
-    if isinstance(reply, AIMessage):
-        for call in reply.invalid_tool_calls:
-            cid = call.get("id")
-            if not cid:
-                continue
-            name = call.get("name") or "unknown"
-            out.append(
-                ToolMessage(
-                    content=(
-                        f"Error: the call to {name} (id {cid}) was not run: its arguments "
-                        f"are malformed or truncated ({call.get('error') or 'invalid JSON'})."
-                        " Call it again with valid arguments."
-                    ),
-                    name=name,
-                    tool_call_id=cid,
-                    status="error",
-                    id=f"llmctx-invalid-{cid}",
-                )
-            )
-    return out
 
 
 def _fixed_tools(pipeline: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:

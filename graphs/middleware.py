@@ -93,19 +93,23 @@ from langgraph.types import Command
 from llmctx.nodes import (
     ContextConfig,
     Frame,
+    NodeDeps,
     SwitchLog,
+    SwitchPlan,
     SwitchPolicy,
     SwitchRequest,
     compress_frame,
+    finish_switch,
     merge_preserved,
+    plan_switch,
     remember_messages,
+    resolve_deps,
     retrieve_memories,
     window_messages,
 )
-from llmctx.nodes._deps import NodeDeps, resolve_deps
-from llmctx.nodes.switch import SwitchPlan, finish_switch, plan_switch
 from llmctx.runtime.errors import BudgetError, ConfigError, TemplateNotFoundError
 from llmctx.runtime.settings import Settings
+from llmctx.runtime.toolpairs import calls_of, invalid_call_results
 from llmctx.templates import Template
 
 __all__ = ["ContextAgentState", "ContextMiddleware", "SystemPromptPolicy"]
@@ -263,7 +267,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any, Any]):
         store the frame (a new context version)."""
         seen = self._seen
         config = self._run_config(runtime, seen)
-        patches = _invalid_call_results(state["messages"])
+        patches = invalid_call_results(state["messages"])
         if patches:  # answered in the history, so the pipeline can pair them
             state = {**state, "messages": [*state["messages"], *patches]}
         try:
@@ -611,48 +615,6 @@ def _model_name(model: Any) -> str | None:
     return None
 
 
-def _call_ids(message: BaseMessage) -> list[str]:
-    """Every call id of an AI message, including its invalid tool calls."""
-    if not isinstance(message, AIMessage):
-        return []
-    ids = [str(c.get("id")) for c in message.tool_calls if c.get("id")]
-    ids += [str(c.get("id")) for c in message.invalid_tool_calls if c.get("id")]
-    return ids
-
-
-def _invalid_call_results(messages: Sequence[BaseMessage]) -> list[ToolMessage]:
-    """Error results for the model's malformed tool calls that have none yet.
-
-    `create_agent` adds these to each request only, never to the history, so the
-    history would keep a call without a result, which the window must leave out. The
-    same error text as `create_agent`'s, with stable ids, written to the history.
-    """
-    answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
-    out: list[ToolMessage] = []
-    for message in messages:
-        if not isinstance(message, AIMessage):
-            continue
-        for call in message.invalid_tool_calls:
-            cid = call.get("id")
-            if not cid or cid in answered:
-                continue
-            name = call.get("name") or "unknown"
-            answered.add(cid)
-            out.append(
-                ToolMessage(
-                    content=(
-                        f"Tool call {name} with id {cid} could not be executed - "
-                        "arguments were malformed or truncated."
-                    ),
-                    name=name,
-                    tool_call_id=cid,
-                    status="error",
-                    id=f"llmctx-invalid-{cid}",
-                )
-            )
-    return out
-
-
 def _pair_up(
     window: list[BaseMessage], pool: Sequence[BaseMessage], allow_patches: bool
 ) -> list[BaseMessage]:
@@ -676,7 +638,7 @@ def _pair_up(
     answer: dict[int, list[BaseMessage]] = {}
     claimed: set[int] = set()
     for i, message in enumerate(window):
-        ids = _call_ids(message)
+        ids = calls_of(message)
         if not ids:
             continue
         found: list[BaseMessage] = []
@@ -700,7 +662,7 @@ def _pair_up(
         if isinstance(message, ToolMessage):
             if i not in claimed:
                 dropped.append(str(message.id))
-        elif _call_ids(message) and i not in answer:
+        elif calls_of(message) and i not in answer:
             dropped.append(str(message.id))
         else:
             out.append(message)

@@ -1,5 +1,6 @@
 """Context operations as LangGraph nodes, and the state schema they share."""
 
+from llmctx.nodes._deps import NodeDeps, resolve_deps
 from llmctx.nodes._memory import DEFAULT_USER, MEMORY_ROOT, memory_namespace
 from llmctx.nodes.budget import allocate_budget, assemble_window
 from llmctx.nodes.pipeline import compress, compress_frame
@@ -25,10 +26,13 @@ from llmctx.nodes.state import (
 )
 from llmctx.nodes.summarize import needs_summary, summarize, summarize_window
 from llmctx.nodes.switch import (
+    SwitchPlan,
     SwitchPolicy,
     SwitchResult,
     SwitchStats,
     SwitchStrategy,
+    finish_switch,
+    plan_switch,
     switch,
     switch_command,
     switch_context_tool,
@@ -46,9 +50,11 @@ __all__ = [
     "Frame",
     "LastOp",
     "Memory",
+    "NodeDeps",
     "PrunedItem",
     "Summary",
     "SwitchLog",
+    "SwitchPlan",
     "SwitchPolicy",
     "SwitchRecord",
     "SwitchRequest",
@@ -63,14 +69,17 @@ __all__ = [
     "compress",
     "compress_frame",
     "entities",
+    "finish_switch",
     "hop_distances",
     "memory_namespace",
     "merge_preserved",
     "needs_summary",
+    "plan_switch",
     "prune",
     "prune_window",
     "remember",
     "remember_messages",
+    "resolve_deps",
     "retrieve",
     "retrieve_memories",
     "summarize",

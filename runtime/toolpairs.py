@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-__all__ = ["calls_of", "results_after_calls"]
+__all__ = ["calls_of", "invalid_call_results", "results_after_calls"]
 
 
 def calls_of(message: BaseMessage) -> list[str]:
@@ -74,4 +74,39 @@ def results_after_calls(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
             for n, cid in enumerate(calls_of(message)):
                 rank.setdefault(cid, n)
             out.extend(messages[j] for j in sorted(results[k], key=lambda j: rank[answers[j]]))
+    return out
+
+
+def invalid_call_results(messages: Sequence[BaseMessage]) -> list[ToolMessage]:
+    """An error result for each malformed tool call in `messages` that has none yet.
+
+    A model's `invalid_tool_calls` (arguments that did not parse) reach the provider
+    as calls, so each needs a result before the next model call, or the request is
+    rejected. The error tells the model to call again; the stable id
+    (`llmctx-invalid-<call id>`) makes adding them idempotent.
+    """
+    answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+    out: list[ToolMessage] = []
+    for message in messages:
+        if not isinstance(message, AIMessage):
+            continue
+        for call in message.invalid_tool_calls:
+            cid = call.get("id")
+            if not cid or cid in answered:
+                continue
+            answered.add(cid)
+            name = call.get("name") or "unknown"
+            out.append(
+                ToolMessage(
+                    content=(
+                        f"Tool call {name} with id {cid} could not be executed - arguments "
+                        f"were malformed or truncated ({call.get('error') or 'invalid JSON'}). "
+                        "Call it again with valid arguments."
+                    ),
+                    name=name,
+                    tool_call_id=cid,
+                    status="error",
+                    id=f"llmctx-invalid-{cid}",
+                )
+            )
     return out

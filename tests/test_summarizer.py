@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -31,6 +30,7 @@ from llmctx.runtime.summarizer import (
     truncate_to_tokens,
 )
 from llmctx.runtime.tokens import OFFLINE_ENCODING, TokenCounter
+from tests._fakes import CallRecorder
 
 COUNTER = TokenCounter("gpt-4", encoding=OFFLINE_ENCODING)
 EXTRACTIVE = ExtractiveSummarizer(COUNTER)
@@ -286,24 +286,12 @@ def test_a_hierarchical_input_of_earlier_summaries_still_fits() -> None:
 # -- the chat-model summarizer ----------------------------------------------------------
 
 
-class _Recorder(BaseCallbackHandler):
-    """Records what each chat-model call was sent, and with which parameters."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[list[BaseMessage], dict[str, Any]]] = []
-
-    def on_chat_model_start(
-        self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **kwargs: Any
-    ) -> None:
-        self.calls.append((messages[0], kwargs.get("invocation_params", {})))
-
-
-def _fake(replies: list[str], recorder: _Recorder) -> GenericFakeChatModel:
+def _fake(replies: list[str], recorder: CallRecorder) -> GenericFakeChatModel:
     return GenericFakeChatModel(messages=iter(replies), callbacks=[recorder])
 
 
 def test_chat_summarizer_sends_prompt_and_texts_and_binds_max_tokens() -> None:
-    recorder = _Recorder()
+    recorder = CallRecorder()
     summarizer = ChatModelSummarizer(_fake(["Caroline joined a support group."], recorder), COUNTER)
     result = summarizer.summarize(DIALOGUE, prompt=PROMPT, max_tokens=64)
     assert result.text == "Caroline joined a support group."
@@ -317,7 +305,7 @@ def test_chat_summarizer_sends_prompt_and_texts_and_binds_max_tokens() -> None:
 
 def test_chat_summarizer_truncates_a_reply_longer_than_max_tokens() -> None:
     long_reply = "Caroline talked about the support group and her plans. " * 40
-    summarizer = ChatModelSummarizer(_fake([long_reply], _Recorder()), COUNTER)
+    summarizer = ChatModelSummarizer(_fake([long_reply], CallRecorder()), COUNTER)
     result = summarizer.summarize(DIALOGUE, prompt=PROMPT, max_tokens=25)
     assert result.tokens <= 25
     assert result.text.endswith(" …")
@@ -325,7 +313,7 @@ def test_chat_summarizer_truncates_a_reply_longer_than_max_tokens() -> None:
 
 
 def test_chat_summarizer_async_uses_the_model_and_enforces_the_budget() -> None:
-    recorder = _Recorder()
+    recorder = CallRecorder()
     summarizer = ChatModelSummarizer(_fake(["word " * 300], recorder), COUNTER)
     result = asyncio.run(summarizer.asummarize(DIALOGUE, prompt=PROMPT, max_tokens=10))
     assert result.tokens <= 10
@@ -333,7 +321,7 @@ def test_chat_summarizer_async_uses_the_model_and_enforces_the_budget() -> None:
 
 
 def test_chat_summarizer_skips_the_call_for_nothing_to_summarize() -> None:
-    recorder = _Recorder()
+    recorder = CallRecorder()
     summarizer = ChatModelSummarizer(_fake(["unused"], recorder), COUNTER)
     assert summarizer.summarize([], prompt=PROMPT, max_tokens=30).text == ""
     assert summarizer.summarize(DIALOGUE, prompt=PROMPT, max_tokens=0).tokens == 0

@@ -336,6 +336,36 @@ def _score(
     )
 
 
+def _score_window(
+    tally: _Tally,
+    asked: tuple[dict[str, Any], list[BaseMessage], float],
+    *,
+    item: QAItem,
+    evidence: dict[str, BaseMessage],
+    question_id: str,
+    full_history: str,
+    position: dict[str, int],
+    budget: int,
+    out: Counter[str] | dict[str, Any],
+    counter: TokenCounter | None = None,
+) -> None:
+    """Score one question's window (`_ask`'s frame, prompt and seconds) for `tally`:
+    its size, mix and tiers, budget overruns, count mismatches (with `counter`), then
+    evidence and answer containment."""
+    frame, prompt, seconds = asked
+    tally.seconds += seconds
+    window_tokens = int(frame["window_tokens"])
+    tally.window_tokens.append(window_tokens)
+    tally.mix.update(_window_mix(frame, position))
+    tally.tiers.update(_tier_tokens(frame))
+    if window_tokens > budget:
+        out["question_over_budget"] += 1
+    if counter is not None and counter.count_messages(prompt) != window_tokens:
+        out["count_mismatches"] += 1
+    verbatim = _verbatim_ids(frame, evidence)
+    _score(tally, item, evidence, verbatim, prompt, question_id, full_history)
+
+
 def _summarizer(kind: str, counter: TokenCounter) -> Any:
     if kind == "extractive":
         return ExtractiveSummarizer(counter)
@@ -410,17 +440,19 @@ def run_conversation(
         question = HumanMessage(content=item.question, id=f"{transcript.name}:qa{index}")
         messages = [*history, question]
 
-        frame, prompt, seconds = _ask(asker, messages, final_frame, None)
-        ours.seconds += seconds
-        window_tokens = int(frame["window_tokens"])
-        ours.window_tokens.append(window_tokens)
-        ours.mix.update(_window_mix(frame, position))
-        ours.tiers.update(_tier_tokens(frame))
-        if window_tokens > budget:
-            out["question_over_budget"] += 1
-        if counter.count_messages(prompt) != window_tokens:
-            out["count_mismatches"] += 1
-        _score(ours, item, evidence, _verbatim_ids(frame, evidence), prompt, str(question.id), full)
+        asked = _ask(asker, messages, final_frame, None)
+        _score_window(
+            ours,
+            asked,
+            item=item,
+            evidence=evidence,
+            question_id=str(question.id),
+            full_history=full,
+            position=position,
+            budget=budget,
+            out=out,
+            counter=counter,
+        )
 
         start = time.perf_counter()
         trimmed = trim_messages(
@@ -553,17 +585,20 @@ def run_memory_conversation(
         messages = [*history, question]
         qid = str(question.id)
 
-        frame, prompt, seconds = _ask(asker, messages, final_frame, mode.context)
-        ours.seconds += seconds
-        window_tokens = int(frame["window_tokens"])
-        ours.window_tokens.append(window_tokens)
-        ours.mix.update(_window_mix(frame, position))
-        ours.tiers.update(_tier_tokens(frame))
-        if window_tokens > budget:
-            out["question_over_budget"] += 1
-        if counter.count_messages(prompt) != window_tokens:
-            out["count_mismatches"] += 1
-        _score(ours, item, evidence, _verbatim_ids(frame, evidence), prompt, qid, full)
+        asked = _ask(asker, messages, final_frame, mode.context)
+        frame = asked[0]
+        _score_window(
+            ours,
+            asked,
+            item=item,
+            evidence=evidence,
+            question_id=qid,
+            full_history=full,
+            position=position,
+            budget=budget,
+            out=out,
+            counter=counter,
+        )
 
         # Diagnosis: the same search as the retrieve node, deeper and without a floor.
         ranks: dict[str, tuple[int, float]] = {}
@@ -601,14 +636,19 @@ def run_memory_conversation(
             sum(1 for m in memories if m.get("message_id") in evidence)
         )
 
-        frame, prompt, seconds = _ask(wide, messages, final_frame, mode.context)
-        what_if.seconds += seconds
-        what_if.window_tokens.append(int(frame["window_tokens"]))
-        what_if.mix.update(_window_mix(frame, position))
-        what_if.tiers.update(_tier_tokens(frame))
-        if int(frame["window_tokens"]) > budget:
-            out["question_over_budget"] += 1
-        _score(what_if, item, evidence, _verbatim_ids(frame, evidence), prompt, qid, full)
+        asked = _ask(wide, messages, final_frame, mode.context)
+        frame = asked[0]
+        _score_window(
+            what_if,
+            asked,
+            item=item,
+            evidence=evidence,
+            question_id=qid,
+            full_history=full,
+            position=position,
+            budget=budget,
+            out=out,
+        )
 
         # Simulation: the what-if window's verbatim turns, plus the question-only hits
         # (no focus) that fit the memory room, in rank order.
